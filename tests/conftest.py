@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.servers.fakesmtp",
     "tests.servers.aiosmtpd_server",
     "tests.servers.postfix",
+    "tests.drivers",
 ]

@@ -1,0 +1,47 @@
+# Two entry points, each setting itself up on a fresh machine:
+#   make demo   — create .venv, install smtpsubmit with its CLI extra, run `smtpsubmit demo`
+#   make test   — system packages for the real-server fixtures, dev install, lint, types, tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+CLI_STAMP := $(VENV)/.installed-cli
+
+.PHONY: demo test check lint types pytest system-deps fuzz bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP) $(CLI_STAMP)
+
+$(CLI_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cli]'
+	touch $(CLI_STAMP)
+
+demo: $(CLI_STAMP)
+	$(BIN)/smtpsubmit demo
+
+system-deps:
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/install-system-deps.sh; \
+	else sudo bash scripts/install-system-deps.sh; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test: system-deps lint types pytest
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,439 @@
+"""The sans-IO SMTP core: commands out as bytes, server bytes in as replies.
+
+Nothing here touches a socket, a clock or an event loop (a test enforces the
+imports), so the same core is driven by the sync and the asyncio transports
+and can be tested against scripted bytes in memory, the way h11 is built.
+
+Rules of the state machine, all enforced in :class:`SmtpProtocol`:
+
+* The session starts in ``GREETING``; only a 2xx greeting leads to
+  ``CONNECTED``. EHLO/HELO with a 2xx reply leads to ``READY``.
+* ``MAIL`` is allowed in ``READY``; ``RCPT`` and ``DATA``/``BDAT`` only after a
+  ``MAIL``. Commands may be pipelined: state moves when a command is *sent*
+  (optimistically) and is corrected when its reply arrives (a refused MAIL
+  returns to ``READY``). Replies are matched to commands strictly in order.
+* After a 354 reply to DATA the core is in ``DATA`` and accepts only message
+  data until the terminating ``CRLF.CRLF``; the reply to that dot ends the
+  transaction (``READY``).
+* ``RSET`` returns to ``READY`` from any transaction state; ``QUIT`` closes.
+* A reply line over 4 KiB, a reply over 100 lines or 64 KiB, a malformed code,
+  a NUL or bytes that are not UTF-8 are a :class:`ProtocolError` (the peer is
+  hostile or broken; the connection must not be reused).
+* A command argument containing CR, LF, NUL or any other control character
+  is refused before anything is rendered.
+
+Why hand-written: no maintained library offers a reusable SMTP client state
+machine without I/O (smtplib and aiosmtplib bury parsing inside their sockets).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from smtpsubmit.errors import ProtocolError
+from smtpsubmit.reply import Reply
+
+__all__ = [
+    "Capabilities",
+    "Command",
+    "DataEncoder",
+    "LineEndingNormalizer",
+    "SmtpProtocol",
+    "State",
+    "xtext",
+]
+
+transcript = logging.getLogger("smtpsubmit.transcript")
+
+MAX_LINE = 4096
+MAX_LINES = 100
+MAX_REPLY = 64 * 1024
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])(?:([ -])(.*))?$", re.DOTALL)
+_KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+
+
+class UsageError(RuntimeError):
+    """A command was issued in a state that does not allow it (our bug, not the peer's)."""
+
+
+class State(enum.Enum):
+    GREETING = "greeting"
+    CONNECTED = "connected"
+    READY = "ready"
+    MAIL = "mail"
+    DATA = "data"
+    CLOSED = "closed"
+
+
+def check_argument(value: str, what: str = "command argument") -> str:
+    """Refuse control characters: they could end a command and start another."""
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} contains a control character (CR, LF, NUL, ...): {value!r}")
+    return value
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 xtext: ``+`` and ``=`` and anything outside ``!``..``~`` as ``+HH``."""
+    out = []
+    for byte in value.encode("utf-8"):
+        if 33 <= byte <= 126 and byte not in (0x2B, 0x3D):
+            out.append(chr(byte))
+        else:
+            out.append(f"+{byte:02X}")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One SMTP command: a verb, an argument, and the session stage it belongs to."""
+
+    verb: str
+    argument: str = ""
+    stage: str = "ehlo"
+    secret: bool = False  # the argument carries a credential: never log it
+
+    def render(self) -> bytes:
+        check_argument(self.argument)
+        line = f"{self.verb} {self.argument}" if self.argument else self.verb
+        return line.encode("utf-8") + b"\r\n"
+
+    def loggable(self) -> str:
+        if self.secret:  # keep the SASL mechanism name, never what follows it
+            head = " ".join(filter(None, [self.verb, self.argument.split(" ", 1)[0]]))
+            return f"{head} ***" if self.verb else "***"
+        return f"{self.verb} {self.argument}" if self.argument else self.verb
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The EHLO keywords and their parameters (upper-case keys)."""
+
+    keywords: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, reply: Reply, disabled: Iterable[str] = ()) -> Capabilities:
+        """Read keywords from every EHLO line after the first (the greeting name)."""
+        off = {d.upper() for d in disabled}
+        found: dict[str, str] = {}
+        for line in reply.lines[1:]:
+            words = line.strip().split(None, 1)
+            if not words or not _KEYWORD.match(words[0]):
+                continue
+            key = words[0].upper()
+            if key in off:
+                continue
+            params = words[1] if len(words) > 1 else ""
+            if key == "AUTH" and "AUTH" in found:  # "AUTH=LOGIN" variants add up
+                params = f"{found['AUTH']} {params}".strip()
+            found[key] = params
+        for line in reply.lines[1:]:  # old "AUTH=PLAIN LOGIN" form
+            if line.upper().startswith("AUTH=") and "AUTH" not in off:
+                more = line[5:].strip()
+                found["AUTH"] = f"{found.get('AUTH', '')} {more}".strip()
+        return cls(found)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.upper() in self.keywords
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.keywords.get(key.upper(), default)
+
+    @property
+    def size_limit(self) -> int | None:
+        """The SIZE limit, or None when there is none (0, absent, absurd or garbage)."""
+        if "SIZE" not in self:
+            return None
+        text = self.get("SIZE").strip()
+        if not text.isdigit() or len(text) > 18:
+            return None
+        value = int(text)
+        return value or None
+
+    @property
+    def auth_mechanisms(self) -> list[str]:
+        seen: list[str] = []
+        for name in self.get("AUTH").upper().split():
+            if name not in seen:
+                seen.append(name)
+        return seen
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.keywords)
+
+
+class ReplyParser:
+    """Bounded, incremental reply parser: feed bytes, take whole replies."""
+
+    def __init__(
+        self, max_line: int = MAX_LINE, max_lines: int = MAX_LINES, max_reply: int = MAX_REPLY
+    ) -> None:
+        self._buffer = bytearray()
+        self._lines: list[str] = []
+        self._code: bytes | None = None
+        self._size = 0
+        self._max_line, self._max_lines, self._max_reply = max_line, max_lines, max_reply
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) + self._size
+
+    def discard(self) -> bytes:
+        """Drop everything buffered (used before a TLS handshake)."""
+        dropped = bytes(self._buffer)
+        self._buffer.clear()
+        self._lines, self._code, self._size = [], None, 0
+        return dropped
+
+    def next_reply(self) -> Reply | None:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > self._max_line:
+                    raise ProtocolError(f"reply line longer than {self._max_line} octets")
+                return None
+            raw = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            reply = self._take_line(raw)
+            if reply is not None:
+                return reply
+
+    def _take_line(self, raw: bytes) -> Reply | None:
+        if len(raw) > self._max_line + 2:
+            raise ProtocolError(f"reply line longer than {self._max_line} octets")
+        self._size += len(raw)
+        if self._size > self._max_reply or len(self._lines) >= self._max_lines:
+            raise ProtocolError(
+                f"reply too large (over {self._max_lines} lines or {self._max_reply} octets)"
+            )
+        line = raw.rstrip(b"\n").removesuffix(b"\r")
+        if b"\x00" in line or b"\r" in line:
+            raise ProtocolError(f"malformed reply line {line[:80]!r}")
+        match = _REPLY_LINE.match(line)
+        if not match:
+            raise ProtocolError(f"malformed reply line {line[:80]!r}")
+        code, sep, text = match[1], match[2], match[3] or b""
+        if self._code is not None and code != self._code:
+            raise ProtocolError(
+                f"reply code changed inside a multi-line reply ({self._code!r} then {code!r})"
+            )
+        try:
+            self._lines.append(text.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ProtocolError(f"reply text is not UTF-8: {line[:80]!r}") from None
+        self._code = code
+        if sep == b"-":
+            return None
+        reply = Reply.from_lines(int(code), self._lines)
+        self._lines, self._code, self._size = [], None, 0
+        return reply
+
+
+class SmtpProtocol:
+    """The SMTP client state machine (see the module docstring for its rules).
+
+    ``send(command)`` returns the bytes to write; ``receive_data(bytes)``
+    buffers what the server sent; ``next_reply()`` returns the reply to the
+    oldest command still waiting, or None when more bytes are needed.
+    """
+
+    def __init__(self) -> None:
+        self.state = State.GREETING
+        self._parser = ReplyParser()
+        self._waiting: deque[Command] = deque([Command("<greeting>", stage="greeting")])
+        self._projected = State.GREETING
+
+    # -- outgoing -------------------------------------------------------------------
+
+    def send(self, command: Command) -> bytes:
+        data = command.render()
+        self._check_order(command.verb)
+        self._waiting.append(command)
+        if transcript.isEnabledFor(logging.DEBUG):
+            transcript.debug("C: %s", command.loggable())
+        return data
+
+    def send_auth_response(self, encoded: str, stage: str = "auth") -> bytes:
+        """A SASL continuation line (base64), logged as ``***``."""
+        check_argument(encoded)
+        self._waiting.append(Command("", encoded, stage=stage, secret=True))
+        transcript.debug("C: ***")
+        return encoded.encode("ascii") + b"\r\n"
+
+    def send_data_end(self, stage: str = "data") -> None:
+        """Record that the end of the message data (dot or BDAT LAST) went out."""
+        self._waiting.append(Command("<end of data>", stage=stage))
+
+    def _check_order(self, verb: str) -> None:
+        state = self._projected
+        if state is State.CLOSED:
+            raise UsageError("the session is closed")
+        if verb in ("EHLO", "HELO"):
+            if state not in (State.CONNECTED, State.READY):
+                raise UsageError(f"{verb} is not allowed in state {state.value}")
+            self._projected = State.READY
+        elif verb == "MAIL":
+            if state is not State.READY:
+                raise UsageError(f"MAIL is not allowed in state {state.value}")
+            self._projected = State.MAIL
+        elif verb in ("RCPT", "DATA", "BDAT"):
+            if state is not State.MAIL:
+                raise UsageError(f"{verb} needs a MAIL command first (state {state.value})")
+            if verb == "DATA":
+                self._projected = State.DATA
+        elif verb == "RSET":
+            self._projected = State.READY if state is not State.CONNECTED else state
+        elif verb == "QUIT":
+            self._projected = State.CLOSED
+        elif state in (State.GREETING, State.DATA):
+            raise UsageError(f"{verb} is not allowed in state {state.value}")
+
+    # -- incoming -------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        self._parser.feed(data)
+
+    def next_reply(self) -> Reply | None:
+        reply = self._parser.next_reply()
+        if reply is None:
+            return None
+        if transcript.isEnabledFor(logging.DEBUG):
+            for line in _loggable_reply(reply):
+                transcript.debug("S: %s", line)
+        if not self._waiting:
+            raise ProtocolError(f"unexpected reply with no command waiting: {reply}")
+        command = self._waiting.popleft()
+        self._advance(command, reply)
+        return reply
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def discard_buffered(self) -> bytes:
+        """Drop unread bytes (before TLS starts: a plaintext injection cannot survive)."""
+        dropped = self._parser.discard()
+        if dropped:
+            transcript.debug("S: <discarded %d octets received before TLS>", len(dropped))
+        return dropped
+
+    @property
+    def has_buffered(self) -> bool:
+        return self._parser.buffered > 0
+
+    def tls_started(self) -> None:
+        """After STARTTLS the session is new: EHLO must be sent again (RFC 3207)."""
+        self.state = self._projected = State.CONNECTED
+
+    def _advance(self, command: Command, reply: Reply) -> None:
+        ok = reply.is_positive
+        verb = command.verb
+        if verb == "<greeting>":
+            self.state = State.CONNECTED  # a 554 greeting still expects QUIT (RFC 5321 3.1)
+        elif verb in ("EHLO", "HELO"):
+            self.state = State.READY if ok else State.CONNECTED
+        elif verb == "MAIL":
+            self.state = State.MAIL if ok else State.READY
+        elif verb == "DATA" and reply.code == 354:
+            self.state = State.DATA
+        elif (
+            verb == "<end of data>"
+            or (verb == "BDAT" and (not ok or "LAST" in command.argument))
+            or (verb == "RSET" and ok)
+        ):
+            self.state = State.READY
+        elif verb == "QUIT":
+            self.state = State.CLOSED
+        if reply.code == 421:  # the server is closing the session
+            self.state = State.CLOSED
+        if not self._waiting:  # the pipeline drained: what we projected is now known
+            self._projected = self.state
+
+
+def _loggable_reply(reply: Reply) -> list[str]:
+    """The reply as it came, one line per line (``250-...`` then ``250 ...``)."""
+    if reply.code == 334:  # SASL challenges can echo secrets (XOAUTH2 error JSON, SCRAM)
+        return ["334 ***"]
+    lines = reply.lines
+    enhanced = f"{reply.enhanced} " if reply.enhanced else ""
+    return [
+        f"{reply.code}{'-' if i < len(lines) - 1 else ' '}{enhanced if i == 0 else ''}{text}"
+        for i, text in enumerate(lines)
+    ]
+
+
+class LineEndingNormalizer:
+    """Turn every bare CR or LF into CRLF, across chunk boundaries."""
+
+    _BREAK = re.compile(rb"\r\n|\r|\n")
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self.ends_with_crlf = True  # an empty message "ends" at a line start
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._carry + chunk
+        self._carry = b""
+        if data.endswith(b"\r"):  # may be the first half of a CRLF split by the chunking
+            data, self._carry = data[:-1], b"\r"
+        if not data:
+            return b""
+        out = self._BREAK.sub(b"\r\n", data)
+        self.ends_with_crlf = out.endswith(b"\r\n")
+        return out
+
+    def flush(self) -> bytes:
+        """What the carry holds, plus a final CRLF when the data did not end a line."""
+        out = b"\r\n" if (self._carry or not self.ends_with_crlf) else b""
+        self._carry = b""
+        self.ends_with_crlf = True
+        return out
+
+
+class DataEncoder:
+    """Message data for DATA: CRLF line ends, dot-stuffing, one ``CRLF.CRLF``.
+
+    The order matters and makes the end unambiguous: line endings are fixed
+    first, so a smuggled ``\\n.\\n`` becomes ``\\r\\n..\\r\\n`` and can never
+    end the data early.
+    """
+
+    def __init__(self) -> None:
+        self._lines = LineEndingNormalizer()
+        self._at_line_start = True
+        self.octets = 0  # message octets (before stuffing), what the server stores
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._stuff(self._lines.feed(chunk))
+
+    def end(self) -> bytes:
+        return self._stuff(self._lines.flush()) + b".\r\n"
+
+    def _stuff(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        self.octets += len(data)
+        if self._at_line_start and data.startswith(b"."):
+            data = b"." + data
+        data = data.replace(b"\r\n.", b"\r\n..")
+        self._at_line_start = data.endswith(b"\r\n")
+        return data
+
+
+def encode_data(chunks: Iterable[bytes]) -> Iterable[bytes]:
+    """Convenience generator: the complete DATA payload for ``chunks``."""
+    encoder = DataEncoder()
+    for chunk in chunks:
+        out = encoder.feed(chunk)
+        if out:
+            yield out
+    yield encoder.end()

@@ -1,0 +1,386 @@
+"""Where and how to connect: :class:`Server` and its :class:`Option` flags.
+
+This is the SMTPSERVER structure of the classic component, kept field for
+field (host, user name, password, port, timeout, option flags) with the
+automatic rules that made it pleasant: port 0 means "the right default",
+credentials switch ESMTP on, and so on. Every rule is applied once, here, in
+the ``effective_*`` properties, and every bad value fails at construction.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import KW_ONLY, dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+__all__ = ["Option", "Server"]
+
+DEFAULT_TIMEOUT = 20.0
+_SCHEMES = {"smtp": 25, "smtps": 465, "smtp+starttls": 587}
+_PROXY_SCHEMES = ("socks5", "socks5h", "socks4", "socks4a", "http")
+
+
+class Option(enum.IntFlag):
+    """The option flags of the SMTPSERVER structure (contract §2)."""
+
+    NONE = 0
+    EXTENDED = 1
+    TUNNEL = 2
+    TRUSTEDSITE = 4
+    SECURE = 8
+    SECURE_IMPLICIT = 16
+    SECURE_OPTIONAL = 32
+
+    @classmethod
+    def parse(cls, text: str) -> Option:
+        """Parse ``"SECURE,TRUSTEDSITE"`` or ``"SECURE|EXTENDED"`` (case-insensitive)."""
+        result = cls.NONE
+        for name in text.replace("|", ",").split(","):
+            name = name.strip().upper().replace("-", "_")
+            if not name:
+                continue
+            try:
+                result |= cls[name]
+            except KeyError:
+                known = ", ".join(m.name for m in cls if m.name)
+                raise ValueError(f"unknown option {name!r}; known options: {known}") from None
+        return result
+
+    def names(self) -> list[str]:
+        """The flag names set, in declaration order."""
+        return [m.name for m in type(self) if m and m in self and m.name]
+
+
+_TLS_MODES = Option.SECURE | Option.SECURE_IMPLICIT | Option.SECURE_OPTIONAL
+
+Password = str | Callable[[], str] | None
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_text(name: str, value: str | None) -> None:
+    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{name} must not contain control characters (CR, LF, NUL, ...)")
+
+
+@dataclass(frozen=True, repr=False)
+class Server:
+    """An SMTP server to submit to, and how.
+
+    Positional fields follow the SMTPSERVER structure; everything else is
+    keyword-only. ``password`` may be a zero-argument callable returning the
+    secret (for example an OAuth2 token provider); it is called on every
+    authentication and never shown in ``repr``.
+    """
+
+    host: str
+    username: str | None = None
+    password: Password = None
+    port: int = 0
+    timeout: float = 0
+    options: Option = Option.NONE
+    _: KW_ONLY
+    local_hostname: str | None = None
+    ca_file: str | None = None
+    ca_path: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    tls_server_name: str | None = None
+    proxy: str | None = None
+    auth_mechanisms: tuple[str, ...] | None = None
+    allow_plaintext_auth: bool = False
+    disable_extensions: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ValueError("Server.host must be a non-empty host name or IP address")
+        _check_text("host", self.host)
+        if " " in self.host.strip():
+            raise ValueError("Server.host must not contain spaces")
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise ValueError("Server.port must be an integer")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"Server.port must be between 0 and 65535, not {self.port}")
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):
+            raise ValueError("Server.timeout must be a number of seconds")
+        if self.timeout < 0:
+            raise ValueError("Server.timeout must not be negative (0 means the default, 20 s)")
+        object.__setattr__(self, "options", Option(self.options))
+        if bin(int(self.options & _TLS_MODES)).count("1") > 1:
+            raise ValueError("choose at most one of SECURE, SECURE_IMPLICIT and SECURE_OPTIONAL")
+        for name in ("username", "local_hostname", "tls_server_name", "proxy"):
+            _check_text(name, getattr(self, name))
+        if isinstance(self.password, str):
+            _check_text("password", self.password)
+        elif self.password is not None and not callable(self.password):
+            raise ValueError("Server.password must be a string or a zero-argument callable")
+        if self.local_hostname is not None and not self.local_hostname.strip():
+            raise ValueError("Server.local_hostname must not be empty")
+        self._check_proxy()
+        self._normalise_collections()
+        if (
+            Option.TUNNEL in self.options
+            and self.options & _TLS_MODES
+            and Option.TRUSTEDSITE not in self.options
+            and is_ip_address(self.host)
+            and not self.tls_server_name
+        ):
+            raise ValueError(
+                "with Option.TUNNEL and TLS, set tls_server_name to the name in the server's "
+                "certificate (the host is an IP address of the tunnel, not the server's name)"
+            )
+
+    def _check_proxy(self) -> None:
+        if self.proxy is None:
+            return
+        parts = urlsplit(self.proxy)
+        if parts.scheme.lower() not in _PROXY_SCHEMES or not parts.hostname:
+            raise ValueError(
+                "Server.proxy must be a URL such as socks5://user:pass@host:1080, "
+                "socks4://host:1080 or http://host:3128"
+            )
+
+    def _normalise_collections(self) -> None:
+        if self.auth_mechanisms is not None:
+            names = (
+                (self.auth_mechanisms,)
+                if isinstance(self.auth_mechanisms, str)
+                else tuple(self.auth_mechanisms)
+            )
+            names = tuple(n.strip().upper() for n in names)
+            from smtpsubmit.auth import validate_preference
+
+            validate_preference(names)
+            object.__setattr__(self, "auth_mechanisms", names)
+        disabled: Iterable[str] = self.disable_extensions
+        if isinstance(disabled, str):
+            disabled = [disabled]
+        object.__setattr__(
+            self, "disable_extensions", frozenset(e.strip().upper() for e in disabled)
+        )
+
+    # -- derived values -------------------------------------------------------------
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.username) and (callable(self.password) or bool(self.password))
+
+    @property
+    def effective_port(self) -> int:
+        if self.port:
+            return self.port
+        return 465 if Option.SECURE_IMPLICIT in self.options else 25
+
+    @property
+    def effective_timeout(self) -> float:
+        return float(self.timeout) if self.timeout else DEFAULT_TIMEOUT
+
+    @property
+    def effective_options(self) -> Option:
+        """``options`` with EXTENDED switched on where the contract says so."""
+        opts = self.options
+        tunnel = Option.TUNNEL in opts
+        if (
+            self.has_credentials
+            or (self.effective_port == 587 and not tunnel)
+            or opts & (Option.SECURE | Option.SECURE_OPTIONAL)
+        ):
+            opts |= Option.EXTENDED
+        return opts
+
+    @property
+    def effective_tls_server_name(self) -> str:
+        return self.tls_server_name or self.host.strip("[]")
+
+    @property
+    def plaintext_auth_allowed(self) -> bool:
+        """PLAIN/LOGIN on an unprotected connection: only when asked, or on loopback."""
+        if self.allow_plaintext_auth:
+            return True
+        return is_loopback_host(self.host) and Option.TUNNEL not in self.options
+
+    def __repr__(self) -> str:
+        parts = [f"host={self.host!r}"]
+        if self.username:
+            parts.append(f"username={self.username!r}")
+        if self.password is not None:
+            parts.append("password='***'")
+        for name in (
+            "port",
+            "timeout",
+            "local_hostname",
+            "ca_file",
+            "ca_path",
+            "client_cert",
+            "client_key",
+            "tls_server_name",
+            "auth_mechanisms",
+        ):
+            value = getattr(self, name)
+            if value:
+                parts.append(f"{name}={value!r}")
+        if self.options:
+            parts.append(f"options={self.options!r}")
+        if self.proxy:
+            parts.append(f"proxy={_mask_url(self.proxy)!r}")
+        if self.allow_plaintext_auth:
+            parts.append("allow_plaintext_auth=True")
+        if self.disable_extensions:
+            parts.append(f"disable_extensions={sorted(self.disable_extensions)!r}")
+        return f"Server({', '.join(parts)})"
+
+    __str__ = __repr__
+
+    # -- URLs ----------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> Server:
+        """Parse ``smtp://``, ``smtps://`` (implicit TLS) or ``smtp+starttls://`` URLs.
+
+        User and password are percent-decoded; ``timeout``, ``options``,
+        ``local_hostname``, ``proxy`` (and the other keyword extras) come from
+        the query string. Keyword arguments override what the URL says.
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES:
+            raise ValueError(
+                f"unsupported scheme {parts.scheme!r}: use smtp, smtps or smtp+starttls"
+            )
+        if not parts.hostname:
+            raise ValueError(f"no host in {_mask_url(url)!r}")
+        try:
+            port = parts.port or 0
+        except ValueError as exc:
+            raise ValueError(f"bad port in {_mask_url(url)!r}") from exc
+        options = Option.NONE
+        if scheme == "smtps":
+            options |= Option.SECURE_IMPLICIT
+        elif scheme == "smtp+starttls":
+            options |= Option.SECURE
+            port = port or 587
+        kwargs: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            kwargs.update(_query_value(key, value))
+        options |= kwargs.pop("options", Option.NONE)
+        host = parts.hostname
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]" if not host.startswith("[") else host
+        values: dict[str, Any] = {
+            "host": host.strip("[]") if ":" in host else host,
+            "username": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password else None,
+            "port": port,
+            "options": options,
+            **kwargs,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def to_url(self, include_password: bool = False) -> str:
+        """The URL that :meth:`from_url` turns back into this server.
+
+        The password is left out unless ``include_password=True`` (a callable
+        password can never be written into a URL).
+        """
+        opts = self.options
+        if Option.SECURE_IMPLICIT in opts:
+            scheme, opts = "smtps", opts & ~Option.SECURE_IMPLICIT
+        elif Option.SECURE in opts:
+            scheme, opts = "smtp+starttls", opts & ~Option.SECURE
+        else:
+            scheme = "smtp"
+        userinfo = ""
+        if self.username:
+            userinfo = quote(self.username, safe="")
+            if include_password and self.password is not None:
+                if callable(self.password):
+                    raise ValueError("a callable password cannot be written into a URL")
+                userinfo += ":" + quote(self.password, safe="")
+            userinfo += "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = self.port or (25 if scheme == "smtp+starttls" else 0)
+        netloc = f"{userinfo}{host}" + (f":{port}" if port else "")
+        query = _query_string(self, opts)
+        return f"{scheme}://{netloc}" + (f"?{query}" if query else "")
+
+
+def _query_value(key: str, value: str) -> dict[str, Any]:
+    key = key.strip().lower()
+    if key == "timeout":
+        return {"timeout": float(value)}
+    if key == "options":
+        return {"options": Option.parse(value)}
+    if key in (
+        "local_hostname",
+        "proxy",
+        "ca_file",
+        "ca_path",
+        "tls_server_name",
+        "client_cert",
+        "client_key",
+    ):
+        return {key: value}
+    if key == "auth_mechanisms":
+        return {key: tuple(v for v in value.replace("|", ",").split(",") if v)}
+    if key == "disable_extensions":
+        return {key: frozenset(v for v in value.replace("|", ",").split(",") if v)}
+    if key == "allow_plaintext_auth":
+        return {key: value.lower() in ("1", "true", "yes", "on")}
+    raise ValueError(f"unknown URL parameter {key!r}")
+
+
+def _query_string(server: Server, opts: Option) -> str:
+    query: list[tuple[str, str]] = []
+    if server.timeout:
+        query.append(("timeout", f"{server.timeout:g}"))
+    if opts:
+        query.append(("options", ",".join(opts.names())))
+    for name in (
+        "local_hostname",
+        "proxy",
+        "ca_file",
+        "ca_path",
+        "tls_server_name",
+        "client_cert",
+        "client_key",
+    ):
+        value = getattr(server, name)
+        if value:
+            query.append((name, value))
+    if server.auth_mechanisms:
+        query.append(("auth_mechanisms", ",".join(server.auth_mechanisms)))
+    if server.disable_extensions:
+        query.append(("disable_extensions", ",".join(sorted(server.disable_extensions))))
+    if server.allow_plaintext_auth:
+        query.append(("allow_plaintext_auth", "true"))
+    return urlencode(query, safe=",/:@")
+
+
+def _mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()

@@ -1,0 +1,113 @@
+"""TLS policy: the one place that builds ``ssl.SSLContext`` objects and turns
+``ssl`` failures into a :class:`TlsError` that says what failed and which
+option changes it.
+
+Verification is on by default (system trust store plus ``ca_file`` /
+``ca_path``), the name checked is ``tls_server_name`` (default: ``host``) and
+the floor is TLS 1.2. ``Option.TRUSTEDSITE`` turns off the chain and name
+checks and nothing else.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from smtpsubmit.errors import TlsError
+from smtpsubmit.server import Option, Server
+
+__all__ = ["TlsInfo", "describe_tls_error", "make_ssl_context"]
+
+
+def make_ssl_context(server: Server) -> ssl.SSLContext:
+    """The client context for ``server``: verified, TLS ≥ 1.2, optional client cert."""
+    try:
+        context = ssl.create_default_context(cafile=server.ca_file, capath=server.ca_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(
+            f"cannot load the CA certificates (ca_file={server.ca_file!r}, "
+            f"ca_path={server.ca_path!r}): {exc}",
+            stage="connect",
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if Option.TRUSTEDSITE in server.options:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if server.client_cert:
+        try:
+            context.load_cert_chain(server.client_cert, server.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(
+                f"cannot load the client certificate {server.client_cert!r}: {exc}",
+                stage="connect",
+            ) from None
+    return context
+
+
+_VERIFY_HINTS = {
+    10: "the server's certificate has expired",
+    9: "the server's certificate is not yet valid",
+    18: "the server's certificate is self-signed",
+    19: "the server's certificate chain ends in an untrusted (self-signed) root",
+    20: "the server's certificate was issued by an unknown certificate authority",
+    21: "the server's certificate chain cannot be verified",
+    62: "the server's certificate does not match the host name",
+    64: "the server's certificate does not match the IP address",
+}
+
+
+def describe_tls_error(exc: BaseException, server: Server, stage: str) -> TlsError:
+    """A TlsError naming the cause and the option that would change the outcome."""
+    name = server.effective_tls_server_name
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        what = _VERIFY_HINTS.get(exc.verify_code, exc.verify_message or "verification failed")
+        if exc.verify_code in (62, 64):
+            hint = (
+                f"the name checked was {name!r}; set tls_server_name to the name in the "
+                "certificate, or connect by that name"
+            )
+        elif exc.verify_code in (18, 19, 20, 21):
+            hint = "pass the issuing CA as ca_file=... (or ca_path=...)"
+        else:
+            hint = "fix the server's certificate"
+        message = (
+            f"TLS certificate verification failed for {name!r}: {what} "
+            f"({exc.verify_message}); {hint}, or set Option.TRUSTEDSITE to skip verification"
+        )
+        return TlsError(message, stage=stage)
+    reason = getattr(exc, "reason", None) or str(exc)
+    text = str(reason).upper()
+    if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text or "PACKET_LENGTH" in text:
+        message = (
+            f"the server at {server.host}:{server.effective_port} did not answer with TLS "
+            "(is it a plaintext port? use Option.SECURE for STARTTLS, or port 465 for implicit TLS)"
+        )
+    elif "UNSUPPORTED_PROTOCOL" in text or "VERSION" in text:
+        message = (
+            "the server offers only TLS versions older than 1.2, which smtpsubmit refuses "
+            f"({reason})"
+        )
+    elif isinstance(exc, ssl.SSLError):
+        message = f"TLS handshake with {name!r} failed: {reason}"
+    else:
+        message = f"TLS handshake with {name!r} failed: {exc}"
+    return TlsError(message, stage=stage)
+
+
+@dataclass(frozen=True)
+class TlsInfo:
+    """What the handshake negotiated, for ``probe`` and the transcript."""
+
+    version: str | None
+    cipher: str | None
+    peer_certificate: dict[str, Any] | None
+
+    @classmethod
+    def from_ssl_object(cls, obj: ssl.SSLObject | ssl.SSLSocket) -> TlsInfo:
+        cipher = obj.cipher()
+        try:
+            cert = obj.getpeercert()
+        except ValueError:
+            cert = None
+        return cls(obj.version(), cipher[0] if cipher else None, dict(cert) if cert else None)

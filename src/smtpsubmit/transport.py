@@ -1,0 +1,261 @@
+"""Network streams: a blocking socket and an asyncio stream behind the same
+five operations (connect, send, receive, start TLS, close).
+
+This is the only module that sees ``OSError``, ``socket.timeout`` and
+``ssl.SSLError``; each is converted here, once, into the contract's exception
+tree with the session stage it happened in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from typing import Any
+
+from smtpsubmit.errors import (
+    ConnectError,
+    ServerDisconnected,
+    SmtpError,
+    SmtpTimeout,
+)
+from smtpsubmit.server import Option, Server
+from smtpsubmit.tls import TlsInfo, describe_tls_error, make_ssl_context
+
+__all__ = ["AsyncStream", "SyncStream", "local_hostname_for"]
+
+READ_SIZE = 64 * 1024
+
+
+def local_hostname_for(server: Server, sockname: Any) -> str:
+    """The EHLO name: ``local_hostname``, else this host's FQDN, else an address literal."""
+    if server.local_hostname:
+        return server.local_hostname
+    fqdn = socket.getfqdn()
+    if "." in fqdn and fqdn.isascii() and not fqdn.endswith(".localdomain"):
+        return fqdn
+    address = sockname[0] if isinstance(sockname, tuple) and sockname else "127.0.0.1"
+    return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
+
+
+def _connect_error(exc: BaseException, server: Server) -> SmtpError:
+    where = f"{server.host}:{server.effective_port}"
+    if server.proxy and Option.TUNNEL not in server.options:
+        where += " (through the proxy)"
+    if isinstance(exc, socket.gaierror):
+        err = ConnectError(f"unknown host {server.host!r}: {exc.strerror}", stage="connect")
+        err.unknown_host = True  # type: ignore[attr-defined]
+        return err
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return SmtpTimeout(f"connecting to {where} timed out", stage="connect")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(f"connection to {where} refused", stage="connect")
+    return ConnectError(f"cannot connect to {where}: {exc}", stage="connect")
+
+
+def _io_error(exc: BaseException, stage: str, doing: str, server: Server) -> SmtpError:
+    clean_eof = isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+    if isinstance(exc, ssl.SSLError) and not clean_eof:
+        # A TLS alert can arrive after the handshake (TLS 1.3 reports a refused client
+        # certificate on the first read): it is a TLS failure whatever the stage.
+        return describe_tls_error(exc, server, stage)
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return SmtpTimeout(
+            f"no progress {doing} within {server.effective_timeout:g} s", stage=stage
+        )
+    return ServerDisconnected(f"the connection was lost {doing}: {exc}", stage=stage)
+
+
+def _handshake_error(exc: BaseException, stage: str, server: Server) -> SmtpError:
+    """A failed TLS handshake is a TlsError (a timeout stays an SmtpTimeout)."""
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError) and not isinstance(
+        exc, ssl.SSLEOFError
+    ):
+        return describe_tls_error(exc, server, stage)
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return SmtpTimeout(
+            f"the TLS handshake did not complete within {server.effective_timeout:g} s",
+            stage=stage,
+        )
+    return TlsError(
+        f"the connection was lost during the TLS handshake with "
+        f"{server.effective_tls_server_name!r} ({exc or type(exc).__name__}); the server "
+        "may not accept this client's TLS versions or ciphers, or is not a TLS server",
+        stage=stage,
+        is_temporary=True,
+    )
+
+
+def _proxy_error(exc: BaseException, server: Server) -> SmtpError:
+    from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+
+    if isinstance(exc, ProxyTimeoutError):
+        return SmtpTimeout("connecting through the proxy timed out", stage="connect")
+    if isinstance(exc, ProxyConnectionError | ProxyError):
+        return ConnectError(f"the proxy failed: {exc}", stage="connect")
+    return _connect_error(exc, server)
+
+
+class SyncStream:
+    """A blocking socket (optionally through a proxy, optionally TLS)."""
+
+    def __init__(self, sock: socket.socket, server: Server) -> None:
+        self._sock = sock
+        self._server = server
+        self.tls_info: TlsInfo | None = None
+
+    @classmethod
+    def connect(cls, server: Server, deadline_timeout: float | None = None) -> SyncStream:
+        timeout = deadline_timeout or server.effective_timeout
+        host, port = server.host, server.effective_port
+        try:
+            if server.proxy:
+                from python_socks.sync import Proxy
+
+                proxy = Proxy.from_url(server.proxy, rdns=True)
+                sock = proxy.connect(host, port, timeout=timeout)
+            else:
+                sock = socket.create_connection((host, port), timeout=timeout)
+        except Exception as exc:
+            raise _proxy_error(exc, server) from None
+        sock.settimeout(server.effective_timeout)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = cls(sock, server)
+        if Option.SECURE_IMPLICIT in server.options:
+            try:
+                stream.start_tls("connect")
+            except BaseException:
+                stream.close()
+                raise
+        return stream
+
+    @property
+    def sockname(self) -> Any:
+        try:
+            return self._sock.getsockname()
+        except OSError:
+            return None
+
+    def send(self, data: bytes, stage: str) -> None:
+        try:
+            self._sock.sendall(data)
+        except (OSError, ValueError) as exc:
+            raise _io_error(exc, stage, "while sending", self._server) from None
+
+    def receive(self, stage: str, timeout: float) -> bytes:
+        try:
+            self._sock.settimeout(max(timeout, 0.001))
+            data = self._sock.recv(READ_SIZE)
+        except (OSError, ValueError) as exc:
+            raise _io_error(exc, stage, "waiting for the server's reply", self._server) from None
+        if not data:
+            raise ServerDisconnected(
+                "the server closed the connection when a reply was due", stage=stage
+            )
+        return data
+
+    def start_tls(self, stage: str) -> TlsInfo:
+        context = make_ssl_context(self._server)
+        try:
+            self._sock.settimeout(self._server.effective_timeout)
+            tls = context.wrap_socket(
+                self._sock, server_hostname=self._server.effective_tls_server_name
+            )
+        except (OSError, ValueError) as exc:
+            raise _handshake_error(exc, stage, self._server) from None
+        self._sock = tls
+        self.tls_info = TlsInfo.from_ssl_object(tls)
+        return self.tls_info
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+class AsyncStream:
+    """An asyncio stream pair (optionally through a proxy, optionally TLS)."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._server = server
+        self.tls_info: TlsInfo | None = None
+
+    @classmethod
+    async def connect(cls, server: Server) -> AsyncStream:
+        timeout = server.effective_timeout
+        host, port = server.host, server.effective_port
+        try:
+            async with asyncio.timeout(timeout):
+                if server.proxy:
+                    from python_socks.async_.asyncio import Proxy
+
+                    proxy = Proxy.from_url(server.proxy, rdns=True)
+                    sock = await proxy.connect(host, port, timeout=timeout)
+                    reader, writer = await asyncio.open_connection(sock=sock)
+                else:
+                    reader, writer = await asyncio.open_connection(host, port)
+        except Exception as exc:
+            raise _proxy_error(exc, server) from None
+        stream = cls(reader, writer, server)
+        if Option.SECURE_IMPLICIT in server.options:
+            try:  # TCP first, then TLS: a handshake failure is a TlsError, as in SyncStream
+                await stream.start_tls("connect")
+            except BaseException:
+                stream.close()
+                raise
+        return stream
+
+    @property
+    def sockname(self) -> Any:
+        return self._writer.get_extra_info("sockname")
+
+    def _record_tls(self) -> TlsInfo | None:
+        obj = self._writer.get_extra_info("ssl_object")
+        self.tls_info = TlsInfo.from_ssl_object(obj) if obj is not None else None
+        return self.tls_info
+
+    async def send(self, data: bytes, stage: str) -> None:
+        try:
+            self._writer.write(data)
+            async with asyncio.timeout(self._server.effective_timeout):
+                await self._writer.drain()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _io_error(exc, stage, "while sending", self._server) from None
+
+    async def receive(self, stage: str, timeout: float) -> bytes:
+        try:
+            async with asyncio.timeout(max(timeout, 0.001)):
+                data = await self._reader.read(READ_SIZE)
+        except (OSError, ValueError) as exc:
+            raise _io_error(exc, stage, "waiting for the server's reply", self._server) from None
+        if not data:
+            raise ServerDisconnected(
+                "the server closed the connection when a reply was due", stage=stage
+            )
+        return data
+
+    async def start_tls(self, stage: str) -> TlsInfo | None:
+        context = make_ssl_context(self._server)
+        try:
+            async with asyncio.timeout(self._server.effective_timeout):
+                await self._writer.start_tls(
+                    context, server_hostname=self._server.effective_tls_server_name
+                )
+        except (OSError, ValueError) as exc:
+            raise _handshake_error(exc, stage, self._server) from None
+        return self._record_tls()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1):
+                await self._writer.wait_closed()

@@ -1,0 +1,74 @@
+"""Run the same scenario through the sync Client and the AsyncClient.
+
+Tests parametrised with ``driver`` call ``driver.submit(...)`` or
+``driver.session(server, [call("send", ...), call("noop")])`` and get identical
+results from either, which is how the suite keeps the two drivers from drifting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from smtpsubmit import AsyncClient, Client, Server, asubmit_message, submit_message
+
+RAW = (
+    b"From: a@example.org\r\nTo: b@example.org\r\nSubject: test\r\n"
+    b"Message-ID: <t1@example.org>\r\n\r\nHello.\r\n"
+)
+
+
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+def call(method: str, *args: Any, **kwargs: Any) -> Call:
+    """One step of a session scenario: a Client method name and its arguments."""
+    return (method, args, kwargs)
+
+
+class SyncDriver:
+    name = "sync"
+
+    def submit(self, message: Any, server: Server, **kw: Any) -> Any:
+        return submit_message(message, server, **kw)
+
+    def session(self, server: Server, calls: list[Call]) -> list[Any]:
+        """Run the calls on one connection; each result, or the exception it raised."""
+        out: list[Any] = []
+        with Client(server) as client:
+            for method, args, kwargs in calls:
+                try:
+                    out.append(getattr(client, method)(*args, **kwargs))
+                except Exception as exc:
+                    out.append(exc)
+        return out
+
+
+class AsyncDriver:
+    name = "async"
+
+    def submit(self, message: Any, server: Server, **kw: Any) -> Any:
+        return asyncio.run(asubmit_message(message, server, **kw))
+
+    def session(self, server: Server, calls: list[Call]) -> list[Any]:
+        async def main() -> list[Any]:
+            out: list[Any] = []
+            async with AsyncClient(server) as client:
+                for method, args, kwargs in calls:
+                    try:
+                        out.append(await getattr(client, method)(*args, **kwargs))
+                    except Exception as exc:
+                        out.append(exc)
+            return out
+
+        return asyncio.run(main())
+
+
+DRIVERS = [SyncDriver(), AsyncDriver()]
+
+
+@pytest.fixture(params=DRIVERS, ids=lambda d: d.name)
+def driver(request: pytest.FixtureRequest) -> Any:
+    return request.param
