@@ -152,6 +152,22 @@ def _split_address_list(text: str, what: str) -> list[str]:
     return [piece.strip() for piece in pieces if piece.strip()]
 
 
+def _parse_address_header(value: str) -> tuple[Any, list[email.errors.MessageDefect]]:
+    """The stdlib's address-list parse and its defects (bar a non-ASCII local part).
+
+    The parser can also crash on hostile input (e.g. ``alice@``): that too is
+    an invalid address, not a bug to pass on.
+    """
+    try:
+        header = _HEADER_FACTORY("To", value)
+    except Exception as exc:
+        raise MessageError(f"{value!r} cannot be parsed as an address") from exc
+    defects = [
+        d for d in header.defects if not isinstance(d, email.errors.NonASCIILocalPartDefect)
+    ]
+    return header, defects
+
+
 def _check_display_name(name: str, what: str) -> None:
     if not mime.is_safe_text(name) or any(ch in _BIDI_CONTROLS for ch in name):
         raise MessageError(f"{what}: display name {name!r} has control or bidi characters")
@@ -161,8 +177,7 @@ def _parse_address(text: str, what: str, *, check_name: bool = True) -> _Address
     """One mailbox, ``Name <a@b>`` or ``a@b``; anything ambiguous is refused."""
     if not mime.is_safe_text(text):
         raise MessageError(f"{what}: {text!r} contains control characters")
-    header = _HEADER_FACTORY("To", text)
-    defects = [d for d in header.defects if not isinstance(d, email.errors.NonASCIILocalPartDefect)]
+    header, defects = _parse_address_header(text)
     groups = header.groups
     if defects or len(groups) != 1 or groups[0].display_name is not None:
         raise MessageError(f"{what}: {text!r} is not a single unambiguous address")
@@ -194,6 +209,8 @@ def _parse_address_field(value: object, what: str) -> list[_Address]:
     for item in items:
         if not isinstance(item, str):
             raise MessageError(f"{what}: expected a string, got {type(item).__name__}")
+        if not mime.is_safe_text(item):
+            raise MessageError(f"{what}: {item!r} contains control characters")
         result.extend(_parse_address(piece, what) for piece in _split_address_list(item, what))
     return result
 
@@ -765,6 +782,8 @@ def _encoding(value: object) -> Encoding:
 def _single_sender(value: object) -> _Address:
     if not isinstance(value, str) or not value.strip():
         raise MessageError("sender: a sender address is required")
+    if not mime.is_safe_text(value):
+        raise MessageError(f"sender: {value!r} contains control characters")
     addresses = _split_address_list(value, "sender")
     if len(addresses) != 1:
         raise MessageError(f"sender: {value!r} must be exactly one address")
@@ -874,8 +893,7 @@ def _raw_addresses(value: str, what: str) -> list[_Address]:
     """Addresses of a raw address field; groups allowed, defects refused."""
     if not mime.is_safe_text(value, allow_tab=True):
         raise MessageError(f"{what}: {value!r} has control characters or is not UTF-8")
-    header = _HEADER_FACTORY("To", value)
-    defects = [d for d in header.defects if not isinstance(d, email.errors.NonASCIILocalPartDefect)]
+    header, defects = _parse_address_header(value)
     if defects:
         raise MessageError(f"{what}: {value!r} is not an unambiguous address list")
     return [_validated(a.display_name, a.addr_spec, what) for a in header.addresses]

@@ -491,15 +491,20 @@ def parameter_tokens(value: str, params: Sequence[tuple[str, str]]) -> list[str]
 
 
 def _parameter(key: str, text: str) -> list[str]:
-    """One parameter: a quoted string if short printable ASCII, else RFC 2231."""
+    """One parameter: a quoted string if short printable ASCII, else RFC 2231.
+
+    RFC 2231 values are percent-encoded UTF-8, split into continuations
+    between characters so each fits a 78-octet folded line.
+    """
     quoted = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if text.isascii() and text.isprintable() and len(key) + len(quoted) < 60:
         return [f"{key}={quoted}"]
+    room = FOLD_AT - 3 - len(f"{key}*00*=utf-8''")  # leading space, ";", prefix
     chunks: list[str] = []
     current = ""
     for ch in text:
         escaped = ch if ch in _ATTR_SAFE else "".join(f"%{octet:02X}" for octet in ch.encode())
-        if current and len(current) + len(escaped) > 60:
+        if current and len(current) + len(escaped) > room:
             chunks.append(current)
             current = ""
         current += escaped

@@ -197,14 +197,16 @@ class Session:
             log.info("STARTTLS not offered; continuing without TLS (SECURE_OPTIONAL)")
             return
         if not offered:
+            yield from self._quit_quietly()
             raise TlsError(
-                "Option.SECURE requires STARTTLS but the server does not offer it; nothing "
-                "else was sent (this may be a downgrade attack — use SECURE_OPTIONAL only for "
+                "Option.SECURE requires STARTTLS but the server does not offer it; no "
+                "credentials or mail were sent (this may be a downgrade attack — use SECURE_OPTIONAL only for "
                 "relays where plaintext is acceptable)",
                 stage="starttls",
             )
         reply = yield from self._command(Command("STARTTLS", "", "starttls"))
         if reply.code != 220:
+            yield from self._quit_quietly()
             raise TlsError("the server refused STARTTLS", reply=reply, stage="starttls")
         self.core.discard_buffered()  # anything sent before the handshake is an injection
         self.tls_info = yield StartTls()

@@ -213,7 +213,12 @@ def _raw_source(message: Any) -> tuple[Source, int, bool, bytes, bool]:
     """(source, size, has 8-bit octets, first bytes, rewindable) for bytes or a file."""
     if isinstance(message, bytes | bytearray | memoryview):
         data = bytes(message)
-        return (lambda: [data]), len(data), not data.isascii(), data[:READ_CHUNK], True
+
+        def pieces() -> Iterator[bytes]:  # pieces, so progress can be reported as they go
+            for start in range(0, len(data), READ_CHUNK):
+                yield data[start : start + READ_CHUNK]
+
+        return pieces, len(data), not data.isascii(), data[:READ_CHUNK], True
     stream: IO[bytes] = message
     try:
         seekable = stream.seekable()

@@ -78,10 +78,29 @@ def describe_tls_error(exc: BaseException, server: Server, stage: str) -> TlsErr
         return TlsError(message, stage=stage)
     reason = getattr(exc, "reason", None) or str(exc)
     text = str(reason).upper()
-    if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text or "PACKET_LENGTH" in text:
+    not_tls = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH")
+    if any(word in text for word in not_tls) and stage == "starttls":
+        message = (
+            f"the server at {server.host}:{server.effective_port} answered STARTTLS but then "
+            "sent plaintext instead of a TLS handshake (a broken server, or an attempt to "
+            "inject commands); nothing more was sent"
+        )
+    elif any(word in text for word in not_tls):
         message = (
             f"the server at {server.host}:{server.effective_port} did not answer with TLS "
             "(is it a plaintext port? use Option.SECURE for STARTTLS, or port 465 for implicit TLS)"
+        )
+    elif "CERTIFICATE_REQUIRED" in text or (
+        "HANDSHAKE_FAILURE" in text and not server.client_cert
+    ):
+        message = (
+            f"the server {name!r} requires a client certificate ({reason}); "
+            "set client_cert (and client_key) to a certificate it trusts"
+        )
+    elif "ALERT_UNKNOWN_CA" in text or "ALERT_BAD_CERTIFICATE" in text:
+        message = (
+            f"the server {name!r} refused this client's certificate ({reason}); check "
+            "client_cert and client_key"
         )
     elif "UNSUPPORTED_PROTOCOL" in text or "VERSION" in text:
         message = (

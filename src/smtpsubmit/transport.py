@@ -19,6 +19,7 @@ from smtpsubmit.errors import (
     ServerDisconnected,
     SmtpError,
     SmtpTimeout,
+    TlsError,
 )
 from smtpsubmit.server import Option, Server
 from smtpsubmit.tls import TlsInfo, describe_tls_error, make_ssl_context

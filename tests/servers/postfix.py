@@ -544,6 +544,13 @@ def start_postfix() -> PostfixServer:
         shutil.chown(root / "data", user="postfix")
         for sub in ("mail", "out"):
             os.chown(root / sub, DELIVERY_UID, DELIVERY_UID)
+        # Maildirs made up front: concurrent virtual(8) deliveries racing to create the
+        # same new Maildir defer all but one ("create maildir file: No such file").
+        for user in (*MAILDIR_USERS, CATCHALL):
+            for part in ("", "new", "cur", "tmp"):
+                path = root / "mail" / user / part
+                path.mkdir(exist_ok=True)
+                os.chown(path, DELIVERY_UID, DELIVERY_UID)
         ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES)), strict=True))
         _write_configs(root, ports)
 

@@ -48,9 +48,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, json_help: str | None
         action="store_true",
         help="print the SMTP transcript on stderr (passwords and AUTH data masked as ***)",
     )
-    group.add_argument(
-        "--debug", action="store_true", help="show a traceback when something fails"
-    )
+    group.add_argument("--debug", action="store_true", help="show a traceback when something fails")
     if json_help:
         group.add_argument("--json", action="store_true", help=json_help)
 
@@ -92,9 +90,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, with_server: bool
     )
 
     flags = parser.add_argument_group("connection options (Option flags)")
-    flags.add_argument(
-        "--secure", action="store_true", help="require STARTTLS (Option.SECURE)"
-    )
+    flags.add_argument("--secure", action="store_true", help="require STARTTLS (Option.SECURE)")
     flags.add_argument(
         "--secure-implicit",
         action="store_true",

@@ -124,7 +124,9 @@ def register(subparsers: Any) -> None:
         metavar="NOTIFY",
         help="ask for DSNs: comma-separated SUCCESS, FAILURE, DELAY, or NEVER",
     )
-    dsn.add_argument("--dsn-ret", choices=("full", "hdrs"), help="return the full message or headers")
+    dsn.add_argument(
+        "--dsn-ret", choices=("full", "hdrs"), help="return the full message or headers"
+    )
     dsn.add_argument("--dsn-envid", metavar="ID", help="envelope id quoted in the DSNs")
     dsn.add_argument(
         "--dsn-optional",

@@ -1,0 +1,187 @@
+"""AsyncClient specifics: cancellation safety and concurrency; the sync client in threads
+and inside a running event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from smtpsubmit import AsyncClient, Client, Option, Server, asubmit_message, submit_message
+from tests.drivers import RAW
+from tests.servers.fakesmtp import Delay, Responder, Send, Silent, StopReading
+
+SENDER = "a@example.org"
+
+
+def numbered(i: int, to: str = "b@example.org") -> bytes:
+    return (
+        f"From: a@example.org\r\nTo: {to}\r\nSubject: n{i}\r\n"
+        f"Message-ID: <n{i}@example.org>\r\n\r\nbody {i}\r\n"
+    ).encode()
+
+
+async def cancel_after(coro: Any, seconds: float) -> None:
+    task = asyncio.create_task(coro)
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_cancel_mid_data_closes_the_connection(fake_smtp: Any) -> None:
+    """N10: cancelled while writing the body: the connection is discarded, never reused,
+    and the server never sees the end of the data."""
+    fake = fake_smtp(
+        Responder(
+            capabilities=(),
+            replies={"DATA": [Send(b"354 go\r\n"), StopReading(3)]},
+        ),
+        check=False,
+        rcvbuf=4096,
+    )
+    server = Server(fake.host, port=fake.port, options=Option.EXTENDED, timeout=10)
+    body = RAW + b"q" * 20_000_000
+
+    async def main() -> AsyncClient:
+        client = AsyncClient(server)
+        await client.connect()
+        await cancel_after(client.send(body, sender=SENDER, recipients=["b@e.org"]), 0.5)
+        return client
+
+    client = asyncio.run(main())
+    assert not client.is_connected
+    fake.join(5)
+    assert fake.data == []
+    assert not fake.transcript[0].endswith(b"\r\n.\r\n")
+
+
+@pytest.mark.parametrize("stage", ["greeting", "ehlo", "rcpt", "final-dot"])
+def test_cancel_at_each_stage_leaves_nothing_half_done(fake_smtp: Any, stage: str) -> None:
+    replies: dict[str, Any] = {}
+    greeting: Any = b"220 fake\r\n"
+    if stage == "greeting":
+        greeting = None
+        replies = {}
+    elif stage == "ehlo":
+        replies = {"EHLO": [Silent(3)]}
+    elif stage == "rcpt":
+        replies = {"RCPT": [Silent(3)]}
+    else:
+        replies = {"DATA": [Send(b"354 go\r\n"), Delay(3)]}
+    script: Any = Responder(capabilities=(), replies=replies, greeting=greeting)
+    if stage == "greeting":
+        script = [Silent(3)]
+    fake = fake_smtp(script, check=False)
+    server = Server(fake.host, port=fake.port, options=Option.EXTENDED, timeout=10)
+
+    async def main() -> None:
+        await cancel_after(asubmit_message(RAW, server, sender=SENDER, recipients=["b@e.org"]), 0.4)
+
+    asyncio.run(main())
+    fake.join(5)
+    assert fake.data == []
+
+
+def test_client_is_reusable_after_a_refusal(fake_smtp: Any) -> None:
+    def mail(line: bytes, n: int) -> bytes:
+        return b"550 no\r\n" if n == 0 else b"250 ok\r\n"
+
+    fake = fake_smtp(Responder(replies={"MAIL": mail}))
+    server = Server(fake.host, port=fake.port, options=Option.EXTENDED, timeout=5)
+
+    async def main() -> int:
+        async with AsyncClient(server) as client:
+            with pytest.raises(Exception, match="refused the sender"):
+                await client.send(RAW, sender=SENDER, recipients=["b@e.org"])
+            result = await client.send(RAW, sender=SENDER, recipients=["b@e.org"])
+            return result.reply.code
+
+    assert asyncio.run(main()) == 250
+    assert fake.connections == 1
+
+
+def test_200_concurrent_submissions_to_aiosmtpd(aiosmtpd_server: Any) -> None:
+    server = Server(aiosmtpd_server.host, port=aiosmtpd_server.port, options=Option.EXTENDED)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                asubmit_message(numbered(i), server, sender=SENDER, recipients=["b@e.org"])
+                for i in range(200)
+            )
+        )
+
+    results = asyncio.run(main())
+    assert sorted(r.message_id for r in results) == sorted(f"n{i}@example.org" for i in range(200))
+    received = aiosmtpd_server.wait_for(200, timeout=30)
+    bodies = sorted(m.original_content for m in received)
+    assert bodies == sorted(numbered(i) for i in range(200))  # each exactly once
+
+
+@pytest.mark.postfix
+def test_200_concurrent_submissions_to_postfix(postfix: Any) -> None:
+    postfix.clear()
+    server = Server(postfix.host, port=postfix.plain, options=Option.EXTENDED, timeout=30)
+    limit = asyncio.Semaphore(50)  # Postfix's default smtpd process limit is 100
+
+    async def one(i: int) -> Any:
+        async with limit:
+            return await asubmit_message(
+                numbered(i, "x@example.org"),
+                server,
+                sender="alice@example.test",
+                recipients=[f"n{i}@example.org"],
+            )
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(one(i) for i in range(200)))
+
+    results = asyncio.run(main())
+    assert all(r.accepted == [f"n{i}@example.org"] for i, r in enumerate(results))
+    stored = postfix.wait_for_maildir("catchall", count=200, timeout=60)
+    subjects = sorted(
+        line for message in stored for line in message.split(b"\n") if line.startswith(b"Subject:")
+    )
+    assert subjects == sorted(f"Subject: n{i}".encode() for i in range(200))
+
+
+def test_sync_clients_in_threads(aiosmtpd_server: Any) -> None:
+    server = Server(aiosmtpd_server.host, port=aiosmtpd_server.port, options=Option.EXTENDED)
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            with Client(server) as client:
+                for j in range(5):
+                    client.send(numbered(t * 10 + j), sender=SENDER, recipients=["b@e.org"])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert len(aiosmtpd_server.wait_for(100, timeout=30)) == 100
+
+
+def test_sync_api_works_inside_a_running_event_loop(aiosmtpd_server: Any) -> None:
+    """The library never calls asyncio.run, so blocking code inside a loop still works."""
+    server = Server(aiosmtpd_server.host, port=aiosmtpd_server.port, options=Option.EXTENDED)
+    done = threading.Event()
+    result: list[Any] = []
+
+    def blocking() -> None:
+        result.append(submit_message(RAW, server, sender=SENDER, recipients=["b@e.org"]))
+        done.set()
+
+    async def main() -> None:
+        # aiosmtpd runs in its own thread; calling the sync API from a coroutine is allowed.
+        blocking()
+
+    asyncio.run(main())
+    assert done.is_set() and result[0].reply.code == 250

@@ -1,0 +1,253 @@
+"""ESMTP extensions: exact parameters against the fake server, behaviour against Postfix."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from smtpsubmit import (
+    DSN,
+    Client,
+    ExtensionUnavailable,
+    MessageTooLarge,
+    Option,
+    Progress,
+    Server,
+)
+from smtpsubmit.transport import SyncStream
+from tests.drivers import RAW
+from tests.servers.fakesmtp import Responder
+
+SENDER = "a@example.org"
+
+
+def server_for(fake: Any, **kw: Any) -> Server:
+    kw.setdefault("timeout", 3)
+    return Server(fake.host, port=fake.port, options=Option.EXTENDED, **kw)
+
+
+def mail_and_rcpts(fake: Any) -> tuple[bytes, list[bytes]]:
+    commands = fake.commands[0]
+    mail = next(c for c in commands if c.startswith(b"MAIL"))
+    return mail, [c for c in commands if c.startswith(b"RCPT")]
+
+
+def test_dsn_parameters_are_exact(driver: Any, fake_smtp: Any) -> None:
+    fake = fake_smtp(Responder(capabilities=("DSN", "SIZE 100000")))
+    dsn = DSN(notify=("SUCCESS", "FAILURE"), ret="HDRS", envid="id+1=x y")
+    driver.submit(RAW, server_for(fake), sender=SENDER, recipients=["b+x@example.org"], dsn=dsn)
+    mail, (rcpt,) = mail_and_rcpts(fake)
+    assert (
+        mail == f"MAIL FROM:<a@example.org> SIZE={len(RAW)} RET=HDRS ENVID=id+2B1+3Dx+20y".encode()
+    )
+    assert (
+        rcpt == b"RCPT TO:<b+x@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx@example.org"
+    )
+
+
+def test_dsn_needs_the_extension(driver: Any, fake_smtp: Any) -> None:
+    fake = fake_smtp(Responder(capabilities=("SIZE 100000",)))
+    with pytest.raises(ExtensionUnavailable) as info:
+        driver.submit(RAW, server_for(fake), sender=SENDER, recipients=["b@e.org"], dsn=DSN())
+    assert info.value.extension == "DSN"
+    assert not any(c.startswith(b"MAIL") for c in fake.commands[0])
+
+
+def test_dsn_not_required_sends_without(driver: Any, fake_smtp: Any) -> None:
+    fake = fake_smtp(Responder(capabilities=()))
+    driver.submit(
+        RAW, server_for(fake), sender=SENDER, recipients=["b@e.org"], dsn=DSN(required=False)
+    )
+    mail, (rcpt,) = mail_and_rcpts(fake)
+    assert b"RET=" not in mail and b"NOTIFY" not in rcpt
+
+
+def test_dsn_values_are_checked() -> None:
+    with pytest.raises(ValueError, match="NEVER"):
+        DSN(notify=("NEVER", "SUCCESS"))
+    with pytest.raises(ValueError, match="notify"):
+        DSN(notify=("SOMETIMES",))
+    with pytest.raises(ValueError, match="ret"):
+        DSN(ret="ALL")
+    with pytest.raises(ValueError, match="control"):
+        DSN(envid="x\r\nRSET")
+
+
+def test_smtputf8_address_declares_smtputf8(driver: Any, fake_smtp: Any) -> None:
+    fake = fake_smtp(Responder(capabilities=("SMTPUTF8", "8BITMIME")))
+    driver.submit(RAW, server_for(fake), sender=SENDER, recipients=["jörg@exämple.org"])
+    mail, (rcpt,) = mail_and_rcpts(fake)
+    assert mail.endswith(b" SMTPUTF8")
+    assert rcpt == "RCPT TO:<jörg@exämple.org>".encode()
+
+
+def test_smtputf8_missing_is_refused_before_mail(driver: Any, fake_smtp: Any) -> None:
+    fake = fake_smtp(Responder(capabilities=("8BITMIME",)))
+    with pytest.raises(ExtensionUnavailable) as info:
+        driver.submit(RAW, server_for(fake), sender=SENDER, recipients=["jörg@example.org"])
+    assert info.value.extension == "SMTPUTF8"
+    assert not any(c.startswith(b"MAIL") for c in fake.commands[0])
+
+
+def test_idn_domain_alone_becomes_an_a_label(driver: Any, fake_smtp: Any) -> None:
+    """U7: no SMTPUTF8 needed when only the domain is international."""
+    fake = fake_smtp(Responder(capabilities=()))
+    driver.submit(RAW, server_for(fake), sender=SENDER, recipients=["joe@exämple.org"])
+    _, (rcpt,) = mail_and_rcpts(fake)
+    assert rcpt == b"RCPT TO:<joe@xn--exmple-cua.org>"
+
+
+def test_requiretls_needs_tls_and_the_extension(driver: Any, fake_smtp: Any) -> None:
+    fake = fake_smtp(Responder(capabilities=("REQUIRETLS",)))
+    with pytest.raises(ExtensionUnavailable) as info:
+        driver.submit(
+            RAW, server_for(fake), sender=SENDER, recipients=["b@e.org"], require_tls=True
+        )
+    assert info.value.extension == "REQUIRETLS"
+
+
+def test_progress_reports_bytes_as_they_go(driver: Any, fake_smtp: Any) -> None:
+    fake = fake_smtp(Responder(capabilities=("SIZE 100000000",)))
+    body = RAW + b"z" * 3_000_000 + b"\r\n"
+    seen: list[Progress] = []
+    driver.submit(
+        body, server_for(fake), sender=SENDER, recipients=["b@e.org"], progress=seen.append
+    )
+    data = [p for p in seen if p.stage == "data"]
+    assert len(data) >= 5
+    assert [p.bytes_sent for p in data] == sorted(p.bytes_sent for p in data)
+    assert all(p.bytes_total == len(body) for p in seen)
+    assert seen[-1].stage == "done" and seen[-1].bytes_sent == len(body)
+    assert seen[-1].fraction == 1.0 and seen[-1].rate >= 0
+
+
+def test_unknown_envelope_parameters_never_appear(driver: Any, fake_smtp: Any) -> None:
+    """No SIZE= to a server that did not advertise SIZE; no BODY= for 7-bit data."""
+    fake = fake_smtp(Responder(capabilities=("8BITMIME",)))
+    driver.submit(RAW, server_for(fake), sender=SENDER, recipients=["b@e.org"])
+    mail, _ = mail_and_rcpts(fake)
+    assert mail == b"MAIL FROM:<a@example.org>"
+
+
+# -- real Postfix ----------------------------------------------------------------------
+
+
+@pytest.mark.postfix
+def test_postfix_capabilities(postfix: Any) -> None:
+    with Client(Server(postfix.host, port=postfix.plain, options=Option.EXTENDED)) as client:
+        caps = client.capabilities
+    for keyword in ("PIPELINING", "SIZE", "8BITMIME", "DSN", "SMTPUTF8", "CHUNKING", "STARTTLS"):
+        assert keyword in caps
+
+
+@pytest.mark.postfix
+def test_ten_recipients_take_one_round_trip_for_the_envelope(
+    postfix: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole envelope is one write, and all its replies are read before the next write."""
+    postfix.clear()
+    events: list[str] = []
+    original_send, original_receive = SyncStream.send, SyncStream.receive
+
+    def send(self: SyncStream, data: bytes, stage: str) -> None:
+        events.append("W:" + data.split(b"\r\n", 1)[0].decode()[:4])
+        original_send(self, data, stage)
+
+    def receive(self: SyncStream, stage: str, timeout: float) -> bytes:
+        events.append("R")
+        return original_receive(self, stage, timeout)
+
+    monkeypatch.setattr(SyncStream, "send", send)
+    monkeypatch.setattr(SyncStream, "receive", receive)
+    rcpts = [f"user{i}@example.org" for i in range(10)]
+    server = Server(postfix.host, port=postfix.plain, options=Option.EXTENDED)
+    with Client(server) as client:
+        events.clear()
+        result = client.send(RAW, sender="alice@example.test", recipients=rcpts)
+    assert result.accepted == rcpts
+    writes = [e for e in events if e.startswith("W:")]
+    # MAIL + 10 RCPT in one write, every reply read, then the message in one BDAT write.
+    assert writes[:2] == ["W:MAIL", "W:BDAT"]
+    assert events.index("W:BDAT") > events.index("W:MAIL") + 1
+    assert len(postfix.wait_for_maildir("catchall", count=10)) >= 10
+
+
+@pytest.mark.postfix
+def test_bdat_delivery_is_byte_exact_in_maildir(driver: Any, postfix: Any) -> None:
+    postfix.clear()
+    body = RAW.replace(b"b@example.org", b"bob@example.test") + b"line two\r\n" * 1000
+    server = Server(postfix.host, port=postfix.plain, options=Option.EXTENDED)
+    driver.submit(body, server, sender="alice@example.test", recipients=["bob@example.test"])
+    (stored,) = postfix.wait_for_maildir("bob")
+    # Postfix prepends its own trace headers and stores LF line ends.
+    assert stored.endswith(body.replace(b"\r\n", b"\n"))
+
+
+@pytest.mark.postfix
+def test_postfix_dsn_success_report(postfix: Any) -> None:
+    postfix.clear()
+    server = Server(postfix.host, port=postfix.plain, options=Option.EXTENDED)
+    with Client(server) as client:
+        client.send(
+            RAW,
+            sender="alice@example.test",
+            recipients=["bob@example.test"],
+            dsn=DSN(notify=("SUCCESS",), ret="HDRS", envid="env-42"),
+        )
+    postfix.wait_for_maildir("bob")
+    (report,) = postfix.wait_for_maildir("alice")
+    assert b"multipart/report" in report and b"report-type=delivery-status" in report
+    assert re.search(rb"Original-Envelope-Id: env-42", report)
+
+
+@pytest.mark.postfix
+def test_postfix_smtputf8(postfix: Any) -> None:
+    postfix.clear()
+    server = Server(postfix.host, port=postfix.plain, options=Option.EXTENDED)
+    with Client(server) as client:
+        client.send(RAW, sender="jörg@example.test", recipients=["bob@example.test"])
+    (stored,) = postfix.wait_for_maildir("bob")
+    # The envelope sender went through unencoded: only SMTPUTF8 can carry it.
+    assert "Return-Path: <jörg@example.test>".encode() in stored
+
+
+@pytest.mark.postfix
+def test_postfix_size_limit_checked_before_data(postfix: Any) -> None:
+    server = Server(postfix.host, port=postfix.size_limited, options=Option.EXTENDED)
+    big = RAW + b"x" * (postfix.size_limit + 10)
+    with pytest.raises(MessageTooLarge):
+        with Client(server) as client:
+            client.send(big, sender="alice@example.test", recipients=["bob@example.test"])
+
+
+@pytest.mark.postfix
+def test_postfix_without_chunking_uses_data(postfix: Any) -> None:
+    postfix.clear()
+    server = Server(postfix.host, port=postfix.nochunking, options=Option.EXTENDED)
+    with Client(server) as client:
+        assert "CHUNKING" not in client.capabilities
+        assert "PIPELINING" not in client.capabilities
+        client.send(RAW, sender="alice@example.test", recipients=["someone@capture.test"])
+    assert postfix.wait_for_capture("someone@capture.test") == RAW
+
+
+@pytest.mark.postfix
+def test_postfix_refusals(driver: Any, postfix: Any) -> None:
+    server = Server(postfix.host, port=postfix.plain, options=Option.EXTENDED)
+    result = driver.submit(
+        RAW,
+        server,
+        sender="alice@example.test",
+        recipients=[
+            "bob@example.test",
+            "tempfail@example.test",
+            "reject@example.test",
+            "nobody@example.test",
+        ],
+    )
+    assert result.accepted == ["bob@example.test"]
+    assert result.refused["tempfail@example.test"].is_temporary
+    assert result.refused["reject@example.test"].code == 554
+    assert result.refused["nobody@example.test"].enhanced == "5.1.1"
