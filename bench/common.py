@@ -88,3 +88,62 @@ def cpu_seconds() -> float:
     """User + system CPU time of this process so far (all threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+# -- the workloads ------------------------------------------------------------------------
+#
+# kind "send":    ``count`` messages of ``size`` octets, ``rcpts`` recipients each, spread
+#                 over ``conns`` connections (one connection = strictly sequential).
+# kind "attach":  one message with a ``file_size`` attachment, composed from a file and sent.
+# kind "compose": ``count`` text+HTML messages composed to bytes (no network).
+# kind "compose-attach": ``count`` messages with a ``file_size`` attachment, to bytes.
+
+WORKLOADS: dict[str, dict[str, object]] = {
+    "W1": {"kind": "send", "count": 2000, "size": 2048, "rcpts": 1, "conns": 1},
+    "W2": {"kind": "send", "count": 2000, "size": 2048, "rcpts": 1, "conns": 20},
+    "W3": {"kind": "attach", "file_size": 50_000_000},
+    "W3-big": {"kind": "attach", "file_size": 500_000_000},
+    "W4": {"kind": "send", "count": 2000, "size": 2048, "rcpts": 10, "conns": 1},
+    "W5a": {"kind": "compose", "count": 10_000},
+    "W5b": {"kind": "compose-attach", "count": 200, "file_size": 1_000_000},
+    "W6": {"kind": "send", "count": 200, "size": 100_000, "rcpts": 1, "conns": 1},
+}
+
+# --quick: the same shapes, smaller.
+QUICK: dict[str, dict[str, object]] = {
+    "W1": {"count": 300},
+    "W2": {"count": 300},
+    "W3": {"file_size": 10_000_000},
+    "W4": {"count": 300},
+    "W5a": {"count": 1000},
+    "W5b": {"count": 20},
+    "W6": {"count": 30},
+}
+
+DESCRIPTIONS = {
+    "W1": "2,000 x 2 KB, 1 recipient, one connection",
+    "W2": "2,000 x 2 KB, 1 recipient, 20 concurrent connections",
+    "W3": "one message, 50 MB attachment from a file",
+    "W3-big": "one message, 500 MB attachment from a file",
+    "W4": "2,000 x 2 KB, 10 recipients, one connection",
+    "W5a": "compose 10,000 text+HTML messages to bytes",
+    "W5b": "compose 200 messages with a 1 MB attachment to bytes",
+    "W6": "200 x 100 KB to real Postfix smtpd (BDAT vs DATA)",
+}
+
+
+def text_body(index: int, words: int) -> str:
+    rng = random.Random(10_000 + index)
+    out, line = [], []
+    for _ in range(words):
+        line.append(rng.choice(_WORDS))
+        if len(line) == 10:
+            out.append(" ".join(line))
+            line = []
+    out.append(" ".join(line))
+    return "\n".join(out) + "\n"
+
+
+def html_body(text: str) -> str:
+    paragraphs = "".join(f"<p>{line}</p>\n" for line in text.splitlines())
+    return f"<html><body>\n<h1>Newsletter</h1>\n{paragraphs}</body></html>\n"

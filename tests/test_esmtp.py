@@ -217,9 +217,8 @@ def test_postfix_smtputf8(postfix: Any) -> None:
 def test_postfix_size_limit_checked_before_data(postfix: Any) -> None:
     server = Server(postfix.host, port=postfix.size_limited, options=Option.EXTENDED)
     big = RAW + b"x" * (postfix.size_limit + 10)
-    with pytest.raises(MessageTooLarge):
-        with Client(server) as client:
-            client.send(big, sender="alice@example.test", recipients=["bob@example.test"])
+    with pytest.raises(MessageTooLarge), Client(server) as client:
+        client.send(big, sender="alice@example.test", recipients=["bob@example.test"])
 
 
 @pytest.mark.postfix

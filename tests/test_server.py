@@ -72,7 +72,7 @@ def test_extended_is_switched_on_automatically(kwargs: dict[str, object], extend
     ],
 )
 def test_bad_values_fail_at_construction(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+    with pytest.raises(ValueError):
         Server(**kwargs)  # type: ignore[arg-type]
 
 

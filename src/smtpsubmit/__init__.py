@@ -23,6 +23,7 @@ from smtpsubmit.errors import (
     SmtpTimeout,
     TlsError,
 )
+from smtpsubmit.message import Attachment, Encoding, Message
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Option, Server
@@ -33,13 +34,16 @@ __version__ = "0.1.0"
 __all__ = [
     "DSN",
     "AsyncClient",
+    "Attachment",
     "AuthError",
     "Client",
     "ConnectError",
     "DataRefused",
     "DeliveryStatusUnknown",
+    "Encoding",
     "Envelope",
     "ExtensionUnavailable",
+    "Message",
     "MessageError",
     "MessageTooLarge",
     "Option",
