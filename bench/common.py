@@ -6,6 +6,7 @@ here, deterministically, from the message index alone.
 
 from __future__ import annotations
 
+import functools
 import random
 import resource
 from pathlib import Path
@@ -26,6 +27,19 @@ def recipients(count: int, address: str = RECIPIENT) -> list[str]:
     return [address if i == 0 else f"{local}{i}@{domain}" for i in range(count)]
 
 
+@functools.cache
+def _line_pool() -> list[bytes]:
+    """512 lines of words, 60-71 octets with their CRLF."""
+    rng = random.Random(0)
+    pool = []
+    for _ in range(512):
+        words: list[str] = []
+        while sum(len(w) + 1 for w in words) < 60:
+            words.append(rng.choice(_WORDS))
+        pool.append((" ".join(words) + "\r\n").encode())
+    return pool
+
+
 def raw_message(index: int, size: int, to: str = RECIPIENT) -> bytes:
     """A plain-text RFC 5322 message of exactly ``size`` octets (CRLF, 7-bit).
 
@@ -43,16 +57,14 @@ def raw_message(index: int, size: int, to: str = RECIPIENT) -> bytes:
         "Content-Transfer-Encoding: 7bit\r\n"
         "\r\n"
     ).encode()
-    rng = random.Random(index)
-    lines: list[bytes] = []
+    lines = []
     room = size - len(head)
     if room < 2:
         raise ValueError(f"a message needs at least {len(head) + 2} octets")
+    pool = _line_pool()
+    rng = random.Random(index)
     while room >= 80:  # a line is at most 71 octets, so at least 9 remain for the last one
-        words: list[str] = []
-        while sum(len(w) + 1 for w in words) < 60:
-            words.append(rng.choice(_WORDS))
-        line = (" ".join(words) + "\r\n").encode()
+        line = pool[rng.randrange(len(pool))]
         lines.append(line)
         room -= len(line)
     lines.append(b"-" * (room - 2) + b"\r\n")

@@ -39,7 +39,7 @@ def run_cli(
     args: list[str],
     home: Path,
     *,
-    input: bytes | None = None,  # noqa: A002 - mirrors subprocess.run
+    input: bytes | None = None,
     env: dict[str, str] | None = None,
     timeout: float = TIMEOUT,
 ) -> subprocess.CompletedProcess[str]:
@@ -259,3 +259,81 @@ def test_tls_failure_is_69(aiosmtpd_starttls: Any, home: Path) -> None:
     result = run_cli(_send_args(aiosmtpd_starttls.port, "--secure"), home)
     assert result.returncode == 69, result.stderr
     assert "verif" in result.stderr
+
+
+@pytest.mark.postfix
+def test_send_through_postfix_submission(postfix: Any, home: Path) -> None:
+    postfix.clear()
+    result = run_cli(
+        [
+            "send", "--host", "127.0.0.1", "--port", str(postfix.submission), "--secure",
+            "--ca-file", str(postfix.ca_file), "--user", "alice@example.test",
+            "--password-env", "PW", "--auth-mechanism", "SCRAM-SHA-256",
+            "--from", "alice@example.test", "--to", "bob@example.test",
+            "--subject", "via postfix", "--text", "hello postfix", "--json",
+        ],
+        home,
+        env=cli_env(home, PW=postfix.users["alice@example.test"]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["accepted"] == ["bob@example.test"]
+    (raw,) = postfix.wait_for_maildir("bob")
+    assert parse(raw)["Subject"] == "via postfix"
+
+
+@pytest.mark.postfix
+def test_bad_password_postfix_is_77(postfix: Any, home: Path) -> None:
+    result = run_cli(
+        [
+            "send", "--host", "127.0.0.1", "--port", str(postfix.submission), "--secure",
+            "--ca-file", str(postfix.ca_file), "--user", "alice@example.test",
+            "--password-env", "PW", "--from", "alice@example.test", "--to", "bob@example.test",
+            "--text", "x",
+        ],
+        home,
+        env=cli_env(home, PW="not-the-password"),
+    )  # fmt: skip
+    assert result.returncode == 77, result.stderr
+    assert "not-the-password" not in result.stderr
+
+
+def test_import_smtpsubmit_needs_no_cli_extra() -> None:
+    code = (
+        "import sys, smtpsubmit, smtpsubmit.cli\n"
+        "heavy = [m for m in ('rich', 'aiosmtpd', 'trustme') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=TIMEOUT)
+
+
+def test_progress_bar_for_large_messages() -> None:
+    from smtpsubmit.cli.output import ProgressBar
+    from smtpsubmit.result import Progress
+
+    bar = ProgressBar(enabled=True)
+    bar(Progress("data", 100, 1000))  # small: no bar
+    assert bar._bar is None
+    total = 3 * 1024 * 1024
+    bar(Progress("data", total // 2, total))
+    assert bar._bar is not None
+    bar(Progress("done", total, total))
+    assert bar._bar is None
+
+
+def test_installed_as_sendmail_symlink(aiosmtpd_server: Any, home: Path, tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "smtpsubmit"
+    link = tmp_path / "bin" / "sendmail"
+    link.parent.mkdir()
+    link.symlink_to(script)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[accounts.a]\nhost = "127.0.0.1"\nport = {aiosmtpd_server.port}\n')
+    done = subprocess.run(
+        [str(link), "--config", str(config), "--account", "a", "-oi", "x@example.org"],
+        input=b"From: me@example.org\nSubject: s\n\nbody\n",
+        env=cli_env(home),
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert aiosmtpd_server.wait_for(1)[0].rcpt_tos == ["x@example.org"]

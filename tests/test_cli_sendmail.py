@@ -73,7 +73,7 @@ def test_php_like_pipe_with_account_file(aiosmtpd_server: Any, home: Path) -> No
         "printf 'To: user@example.org\\nSubject: Password reset\\n\\nClick here.\\n' | "
         f"{shlex.quote(sys.executable)} -m smtpsubmit sendmail -t -i"
     )
-    done = subprocess.run(  # noqa: S602 - a shell pipeline is what is tested
+    done = subprocess.run(  # a shell pipeline is what is tested
         command, shell=True, env=cli_env(home), capture_output=True, timeout=TIMEOUT, check=False
     )
     assert done.returncode == 0, done.stderr

@@ -250,3 +250,46 @@ def test_postfix_refusals(driver: Any, postfix: Any) -> None:
     assert result.refused["tempfail@example.test"].is_temporary
     assert result.refused["reject@example.test"].code == 554
     assert result.refused["nobody@example.test"].enhanced == "5.1.1"
+
+
+def test_requiretls_over_tls(
+    driver: Any, fake_smtp: Any, server_ssl_context: Any, ca_file: str
+) -> None:
+    fake = fake_smtp(
+        Responder(capabilities=("REQUIRETLS", "8BITMIME"), tls_context=server_ssl_context)
+    )
+    server = Server(fake.host, port=fake.port, options=Option.SECURE, ca_file=ca_file, timeout=5)
+    driver.submit(RAW, server, sender=SENDER, recipients=["b@e.org"], require_tls=True)
+    mail = next(c for c in fake.commands[0] if c.startswith(b"MAIL"))
+    assert mail.endswith(b" REQUIRETLS")
+
+
+def test_connection_closed_while_idle_is_reported_not_lost(driver: Any, fake_smtp: Any) -> None:
+    """The server drops an idle session: the next send fails before any data, retryably."""
+    from tests.drivers import call
+    from tests.servers.fakesmtp import Close, Expect, ReadData, Send, ehlo_reply
+
+    fake = fake_smtp(
+        [
+            Send(b"220 hi\r\n"),
+            Expect(rb"EHLO .*"),
+            Send(ehlo_reply()),
+            Expect(rb"MAIL .*"),
+            Send(b"250 ok\r\n"),
+            Expect(rb"RCPT .*"),
+            Send(b"250 ok\r\n"),
+            Expect(rb"DATA"),
+            Send(b"354 go\r\n"),
+            ReadData(),
+            Send(b"250 ok\r\n"),
+            Close(),
+        ],
+        check=False,
+    )
+    results = driver.session(
+        server_for(fake),
+        [call("send", RAW, sender=SENDER, recipients=["b@e.org"]), call("noop")],
+    )
+    assert results[0].reply.code == 250
+    error = results[1]
+    assert error.is_temporary and error.stage in ("mail", "ehlo") and len(fake.data) == 1

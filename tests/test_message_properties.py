@@ -4,9 +4,11 @@ octets and carries no header field the caller did not ask for."""
 
 from __future__ import annotations
 
+import email.header
 import email.message
 import email.policy
 import email.utils
+import os
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -23,7 +25,7 @@ body_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=3000)
 EXPECTED_FIELDS = {"from", "to", "subject", "date", "message-id", "mime-version"}
 EXPECTED_FIELDS |= {"content-type", "content-transfer-encoding"}
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("SMTPSUBMIT_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def field_names(raw: bytes) -> set[str]:
@@ -38,6 +40,23 @@ def parse_any(raw: bytes) -> email.message.EmailMessage:
     parsed = email.message_from_string(raw.decode("utf-8"), policy=email.policy.default)
     assert isinstance(parsed, email.message.EmailMessage)
     return parsed
+
+
+def display_name(raw: bytes, field: str) -> str:
+    """The display name as RFC 2047 §6.2 reads it.
+
+    The stdlib address parser keeps the whitespace between adjacent
+    encoded-words of a phrase (it also misreads its own generator's output
+    that way); the RFC drops it, and so do mail clients. So a phrase made of
+    encoded-words is decoded with ``email.header``, which follows the RFC.
+    """
+    legacy = email.message_from_string(raw.decode("utf-8"), policy=email.policy.compat32)
+    value = str(legacy[field]).replace("\r\n", "").replace("\n", "")
+    phrase = value.rpartition(" <")[0].strip() if value.endswith(">") else ""
+    if phrase.startswith("=?"):
+        return str(email.header.make_header(email.header.decode_header(phrase)))
+    (address,) = parse_any(raw)[field].addresses
+    return str(address.display_name)
 
 
 def renders(message: Message) -> list[bytes]:
@@ -126,7 +145,7 @@ def test_display_names_round_trip(name: str, local: str) -> None:
         parsed = parse_any(raw)
         for field in ("From", "To"):
             (address,) = parsed[field].addresses
-            assert address.display_name == expected
+            assert display_name(raw, field) == expected
             assert address.username == local
             assert address.domain == "example.org"
 
@@ -134,6 +153,10 @@ def test_display_names_round_trip(name: str, local: str) -> None:
 @SETTINGS
 @given(filename=st.text(name_chars, min_size=1, max_size=150))
 def test_file_names_round_trip(filename: str) -> None:
+    # email.utils.unquote, which get_filename applies even to RFC 2231 values,
+    # strips one pair of surrounding <> or "": a stdlib quirk, not ours.
+    stripped = filename.strip()
+    assume(not (stripped[:1] + stripped[-1:] in ("<>", '""') and len(stripped) > 1))
     message = Message(
         sender="a@example.org",
         to="b@example.org",

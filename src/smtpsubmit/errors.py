@@ -71,9 +71,14 @@ class SmtpError(Exception):
 
 
 class ConnectError(SmtpError):
-    """The TCP connection (or proxy, or greeting) could not be established."""
+    """The TCP connection (or proxy, or greeting) could not be established.
+
+    ``unknown_host`` is True when the host name did not resolve (the CLI's
+    exit code 68).
+    """
 
     temporary_default = True
+    unknown_host = False
 
 
 class SmtpTimeout(SmtpError, TimeoutError):

@@ -377,10 +377,13 @@ class Attachment:
             name = name if name is not None else os.path.basename(path)
         if name is not None and not isinstance(name, str):
             raise MessageError("Attachment 'filename' must be a string")
+        name = name.strip() if name else None  # receivers strip it anyway
         if name:
             _check_filename(name)
         object.__setattr__(self, "_name", name or None)
         content_type = self.content_type or _guess_type(name)
+        if not isinstance(content_type, str):
+            raise MessageError("Attachment 'content_type' must be a string")
         _check_content_type(content_type)
         object.__setattr__(self, "_type", content_type.lower())
         object.__setattr__(self, "_cid", self._check_cid())
@@ -405,6 +408,8 @@ class Attachment:
         if self.content_id is None:
             return None
         cid = self.content_id
+        if not isinstance(cid, str):
+            raise MessageError("Attachment 'content_id' must be a string")
         if cid.startswith("<") and cid.endswith(">"):
             cid = cid[1:-1]
         bad = set(' \t<>"()[]\\,;:')

@@ -200,8 +200,8 @@ class Session:
             yield from self._quit_quietly()
             raise TlsError(
                 "Option.SECURE requires STARTTLS but the server does not offer it; no "
-                "credentials or mail were sent (this may be a downgrade attack — use SECURE_OPTIONAL only for "
-                "relays where plaintext is acceptable)",
+                "credentials or mail were sent (this may be a downgrade attack — use "
+                "SECURE_OPTIONAL only for relays where plaintext is acceptable)",
                 stage="starttls",
             )
         reply = yield from self._command(Command("STARTTLS", "", "starttls"))

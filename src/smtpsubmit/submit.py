@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING, Any, Union
 
 from smtpsubmit.envelope import DSN, Envelope, check_envelope_address
 from smtpsubmit.errors import ExtensionUnavailable, MessageError
+from smtpsubmit.protocol import LineEndingNormalizer
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
 
@@ -218,7 +219,7 @@ def _raw_source(message: Any) -> tuple[Source, int, bool, bytes, bool]:
             for start in range(0, len(data), READ_CHUNK):
                 yield data[start : start + READ_CHUNK]
 
-        return pieces, len(data), not data.isascii(), data[:READ_CHUNK], True
+        return pieces, _wire_size(data), not data.isascii(), data[:READ_CHUNK], True
     stream: IO[bytes] = message
     try:
         seekable = stream.seekable()
@@ -231,12 +232,15 @@ def _raw_source(message: Any) -> tuple[Source, int, bool, bytes, bool]:
         spool.seek(0)
         stream = spool
     start = stream.tell()
-    size, eight_bit, head = 0, False, b""
+    eight_bit, head = False, b""
+    normalizer = LineEndingNormalizer()
+    size = 0
     for chunk in _read_chunks(stream):
         if not head:
             head = chunk
-        size += len(chunk)
+        size += len(normalizer.feed(chunk))
         eight_bit = eight_bit or not chunk.isascii()
+    size += len(normalizer.flush())
     stream.seek(start)
 
     def source() -> Iterator[bytes]:
@@ -244,6 +248,16 @@ def _raw_source(message: Any) -> tuple[Source, int, bool, bytes, bool]:
         yield from _read_chunks(stream)
 
     return source, size, eight_bit, head, True
+
+
+def _wire_size(data: bytes) -> int:
+    """The octets the server will store: every bare CR or LF counts as CRLF, and the
+    data ends with a line break."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:  # already canonical
+        return len(data) + (2 if data and not data.endswith(b"\r\n") else 0)
+    normalizer = LineEndingNormalizer()
+    return len(normalizer.feed(data)) + len(normalizer.flush())
 
 
 def _read_chunks(stream: IO[bytes]) -> Iterator[bytes]:

@@ -90,9 +90,7 @@ def describe_tls_error(exc: BaseException, server: Server, stage: str) -> TlsErr
             f"the server at {server.host}:{server.effective_port} did not answer with TLS "
             "(is it a plaintext port? use Option.SECURE for STARTTLS, or port 465 for implicit TLS)"
         )
-    elif "CERTIFICATE_REQUIRED" in text or (
-        "HANDSHAKE_FAILURE" in text and not server.client_cert
-    ):
+    elif "CERTIFICATE_REQUIRED" in text or ("HANDSHAKE_FAILURE" in text and not server.client_cert):
         message = (
             f"the server {name!r} requires a client certificate ({reason}); "
             "set client_cert (and client_key) to a certificate it trusts"
@@ -121,12 +119,18 @@ class TlsInfo:
     version: str | None
     cipher: str | None
     peer_certificate: dict[str, Any] | None
+    # DER form too: ``getpeercert()`` is empty when verification is off (TRUSTEDSITE),
+    # and probe still wants to show the certificate.
+    peer_certificate_der: bytes | None = None
 
     @classmethod
     def from_ssl_object(cls, obj: ssl.SSLObject | ssl.SSLSocket) -> TlsInfo:
         cipher = obj.cipher()
         try:
             cert = obj.getpeercert()
+            der = obj.getpeercert(binary_form=True)
         except ValueError:
-            cert = None
-        return cls(obj.version(), cipher[0] if cipher else None, dict(cert) if cert else None)
+            cert, der = None, None
+        return cls(
+            obj.version(), cipher[0] if cipher else None, dict(cert) if cert else None, der
+        )

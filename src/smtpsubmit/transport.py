@@ -9,10 +9,12 @@ tree with the session stage it happened in.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import ssl
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from smtpsubmit.errors import (
     ConnectError,
@@ -46,7 +48,7 @@ def _connect_error(exc: BaseException, server: Server) -> SmtpError:
         where += " (through the proxy)"
     if isinstance(exc, socket.gaierror):
         err = ConnectError(f"unknown host {server.host!r}: {exc.strerror}", stage="connect")
-        err.unknown_host = True  # type: ignore[attr-defined]
+        err.unknown_host = True
         return err
     if isinstance(exc, TimeoutError | socket.timeout):
         return SmtpTimeout(f"connecting to {where} timed out", stage="connect")
@@ -91,11 +93,88 @@ def _handshake_error(exc: BaseException, stage: str, server: Server) -> SmtpErro
 def _proxy_error(exc: BaseException, server: Server) -> SmtpError:
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
+    if isinstance(exc, SmtpError):
+        return exc
     if isinstance(exc, ProxyTimeoutError):
         return SmtpTimeout("connecting through the proxy timed out", stage="connect")
     if isinstance(exc, ProxyConnectionError | ProxyError):
         return ConnectError(f"the proxy failed: {exc}", stage="connect")
     return _connect_error(exc, server)
+
+
+def _socks_url(server: Server) -> str:
+    """python_socks knows socks5/socks4; socks5h/socks4a are the same with remote DNS."""
+    scheme, sep, rest = (server.proxy or "").partition("://")
+    scheme = scheme.lower()
+    return {"socks5h": "socks5", "socks4a": "socks4"}.get(scheme, scheme) + sep + rest
+
+
+def _is_http_proxy(server: Server) -> bool:
+    return bool(server.proxy) and urlsplit(server.proxy or "").scheme.lower() == "http"
+
+
+_MAX_PROXY_REPLY = 16 * 1024
+
+
+def _connect_request(server: Server, host: str, port: int) -> tuple[tuple[str, int], bytes]:
+    """Our own HTTP CONNECT (python_socks reads past the proxy's reply and loses the
+    SMTP greeting that follows it in the same segment)."""
+    parts = urlsplit(server.proxy or "")
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        lines.append("Proxy-Authorization: Basic " + base64.b64encode(pair.encode()).decode())
+    return (parts.hostname or "", parts.port or 8080), ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _check_connect_reply(head: bytes, host: str, port: int) -> None:
+    status = head.split(b"\r\n", 1)[0].decode("latin-1").strip()
+    words = status.split(None, 2)
+    if len(words) >= 2 and words[0].startswith("HTTP/") and words[1][:1] == "2":
+        return
+    raise ConnectError(
+        f"the HTTP proxy refused the connection to {host}:{port}: {status[:200]!r}",
+        stage="connect",
+        is_temporary=status[9:10] == "5" if len(status) > 9 else True,
+    )
+
+
+def _http_connect(server: Server, host: str, port: int, timeout: float) -> socket.socket:
+    address, request = _connect_request(server, host, port)
+    sock = socket.create_connection(address, timeout=timeout)
+    try:
+        sock.sendall(request)
+        head = bytearray()
+        while not head.endswith(b"\r\n\r\n"):
+            byte = sock.recv(1)  # one at a time: the server's greeting may follow at once
+            if not byte or len(head) > _MAX_PROXY_REPLY:
+                raise ConnectError("the HTTP proxy did not answer CONNECT", stage="connect")
+            head += byte
+        _check_connect_reply(bytes(head), host, port)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _http_connect_async(
+    server: Server, host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    address, request = _connect_request(server, host, port)
+    reader, writer = await asyncio.open_connection(*address, limit=_MAX_PROXY_REPLY)
+    try:
+        writer.write(request)
+        await writer.drain()
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")  # the rest stays buffered
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            raise ConnectError("the HTTP proxy did not answer CONNECT", stage="connect") from None
+        _check_connect_reply(head, host, port)
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
 
 
 class SyncStream:
@@ -111,10 +190,12 @@ class SyncStream:
         timeout = deadline_timeout or server.effective_timeout
         host, port = server.host, server.effective_port
         try:
-            if server.proxy:
+            if _is_http_proxy(server):
+                sock = _http_connect(server, host, port, timeout)
+            elif server.proxy:
                 from python_socks.sync import Proxy
 
-                proxy = Proxy.from_url(server.proxy, rdns=True)
+                proxy = Proxy.from_url(_socks_url(server), rdns=True)
                 sock = proxy.connect(host, port, timeout=timeout)
             else:
                 sock = socket.create_connection((host, port), timeout=timeout)
@@ -192,10 +273,12 @@ class AsyncStream:
         host, port = server.host, server.effective_port
         try:
             async with asyncio.timeout(timeout):
-                if server.proxy:
+                if _is_http_proxy(server):
+                    reader, writer = await _http_connect_async(server, host, port)
+                elif server.proxy:
                     from python_socks.async_.asyncio import Proxy
 
-                    proxy = Proxy.from_url(server.proxy, rdns=True)
+                    proxy = Proxy.from_url(_socks_url(server), rdns=True)
                     sock = await proxy.connect(host, port, timeout=timeout)
                     reader, writer = await asyncio.open_connection(sock=sock)
                 else:

@@ -12,7 +12,8 @@ ephemeral port; ``start()`` / ``stop()`` (or use it as a context manager). Kinds
 
 ``refuse=True`` makes every request fail the way the protocol says (SOCKS5 reply 0x05
 "connection refused", SOCKS4 0x5B, HTTP 403), after the handshake and authentication.
-``resolve`` maps host names to addresses the proxy connects to instead (the proxy resolves
+``coalesce=True`` (HTTP) waits for the server's first bytes (an SMTP greeting) and sends them
+in the same segment as the ``200`` reply, as a busy proxy may. ``resolve`` maps host names to addresses the proxy connects to instead (the proxy resolves
 names, as a remote proxy would; ``mx.fixture.test`` -> ``127.0.0.1`` by default).
 
 Records: ``connections`` (accepted client connections), ``targets`` (``(host, port)`` as the
@@ -61,6 +62,7 @@ class TestProxy:
         password: str | None = None,
         refuse: bool = False,
         resolve: Mapping[str, str] | None = None,
+        coalesce: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
@@ -69,6 +71,7 @@ class TestProxy:
         self.password = password
         self.refuse = refuse
         self.resolve = dict(_DEFAULT_RESOLVE if resolve is None else resolve)
+        self.coalesce = coalesce
         self.port = 0
         self.connections = 0
         self.targets: list[tuple[str, int]] = []
@@ -213,8 +216,8 @@ class TestProxy:
         methods = _recv_exact(client, count)
         wanted = 2 if self.username is not None else 0
         if wanted not in methods:
-            client.sendall(b"\x05\xff")
             self.auth_failures += 1
+            client.sendall(b"\x05\xff")
             raise _Refused
         client.sendall(bytes([5, wanted]))
         if wanted == 2:
@@ -223,8 +226,8 @@ class TestProxy:
             (plen,) = _recv_exact(client, 1)
             secret = _recv_exact(client, plen).decode("utf-8", "replace")
             if sub != 1 or user != self.username or secret != self.password:
-                client.sendall(b"\x01\x01")
                 self.auth_failures += 1
+                client.sendall(b"\x01\x01")
                 raise _Refused
             client.sendall(b"\x01\x00")
         version, command, _, atyp = _recv_exact(client, 4)
@@ -328,7 +331,11 @@ class TestProxy:
         except OSError:
             client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             raise _Refused from None
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        reply = b"HTTP/1.1 200 Connection established\r\n\r\n"
+        if self.coalesce:  # the server's first bytes in the same segment as the 200
+            upstream.settimeout(_IO_TIMEOUT)
+            reply += upstream.recv(65536)
+        client.sendall(reply)
         return upstream
 
 

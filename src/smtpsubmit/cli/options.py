@@ -146,6 +146,8 @@ def add_connection_options(parser: argparse.ArgumentParser, *, with_server: bool
 
 def resolve_account(args: argparse.Namespace, *, explicit_server: bool) -> Account | None:
     """The account to use: ``--account``, else the default one unless a server was named."""
+    if args.account is None and explicit_server and args.config is None:
+        return None  # the default file is not even read: nothing in it would be used
     config: Config = load_config(args.config)
     if args.account is None and explicit_server:
         return None

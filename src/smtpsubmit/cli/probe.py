@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import ssl
 import sys
 from typing import Any
 
@@ -204,15 +203,9 @@ def _describe(report: dict[str, Any], client: Any, server: Server, transcript: l
 
 
 def _peer_der(client: Any) -> bytes | None:
-    # The library's TlsInfo keeps only getpeercert(), which is empty when the
-    # chain was not verified; the DER form needs the socket itself.
-    sock = getattr(getattr(client, "_stream", None), "_sock", None)
-    if isinstance(sock, ssl.SSLSocket):
-        try:
-            return sock.getpeercert(binary_form=True)
-        except (ValueError, OSError):
-            return None
-    return None
+    """The server certificate in DER form (present even when it was not verified)."""
+    info = client.tls_info
+    return info.peer_certificate_der if info is not None else None
 
 
 def describe_certificate(der: bytes | None, peer: dict[str, Any] | None) -> dict[str, Any] | None:

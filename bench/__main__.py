@@ -1,0 +1,547 @@
+"""``python -m bench``: run every workload for every client, print and save the table.
+
+Starts smtp-sink (and, for W6, a private Postfix), runs each client of each
+workload in its own process (``bench.runner``; smtp-source directly), several
+rounds with the client order rotated each round, checks the server received
+every message, and writes ``bench/results/<timestamp>.{md,json}`` and
+``bench/results/latest.md``. See ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    DESCRIPTIONS,
+    LOCAL_HOSTNAME,
+    QUICK,
+    RECIPIENT,
+    SENDER,
+    WORKLOADS,
+    raw_message,
+    status_kib,
+    write_random_file,
+)
+from bench.servers import ROOT, SMTP_SOURCE, Postfix, Sink
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE = "smtplib"
+SEND_CLIENTS = ["smtpsubmit", "smtpsubmit-async", "smtplib", "aiosmtplib", "smtp-source"]
+CLIENTS: dict[str, list[str]] = {
+    "W1": SEND_CLIENTS,
+    "W2": SEND_CLIENTS,
+    "W3": ["smtpsubmit", "smtpsubmit-async", "smtplib", "aiosmtplib"],
+    "W3-big": ["smtpsubmit", "smtpsubmit-async", "smtplib", "aiosmtplib"],
+    "W4": SEND_CLIENTS,
+    "W5a": ["smtpsubmit", "smtplib"],
+    "W5b": ["smtpsubmit", "smtplib"],
+    "W6": ["smtpsubmit", "smtpsubmit-nochunking", "smtplib"],
+}
+LABELS = {
+    "smtpsubmit": "smtpsubmit Client",
+    "smtpsubmit-async": "smtpsubmit AsyncClient",
+    "smtpsubmit-nochunking": "smtpsubmit, CHUNKING off (DATA)",
+    "smtplib": "smtplib",
+    "aiosmtplib": "aiosmtplib",
+    "smtp-source": "smtp-source (C)",
+}
+W2_LABELS = {
+    "smtpsubmit": "smtpsubmit Client x 20 threads",
+    "smtpsubmit-async": "smtpsubmit 20 AsyncClients",
+    "smtplib": "smtplib x 20 threads",
+    "aiosmtplib": "aiosmtplib 20 clients",
+    "smtp-source": "smtp-source -s 20 (C)",
+}
+COMPOSE_LABELS = {"smtpsubmit": "smtpsubmit Message", "smtplib": "EmailMessage (policy=SMTP)"}
+# (workload, client, against, what, at least)
+TARGETS = [
+    ("W1", "smtpsubmit", "smtplib", "ratio", 2.0),
+    ("W1", "smtpsubmit", "smtp-source", "ratio", 1.0),
+    ("W4", "smtpsubmit", "smtplib", "ratio", 4.0),
+    ("W4", "smtpsubmit", "smtp-source", "ratio", 2.0),
+    ("W2", "smtpsubmit-async", "aiosmtplib", "ratio", 2.0),
+    ("W2", "smtpsubmit-async", "smtplib", "ratio", 1.5),
+    ("W3", "smtpsubmit", "smtplib", "ratio", 2.0),
+    ("W3", "smtpsubmit", "", "rss", 40.0),
+    ("W3-big", "smtpsubmit", "", "rss", 40.0),
+    ("W5a", "smtpsubmit", "smtplib", "ratio", 3.0),
+    ("W5b", "smtpsubmit", "smtplib", "ratio", 3.0),
+]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.specs: dict[str, dict[str, Any]] = {}
+        for name in args.workloads:
+            spec = dict(WORKLOADS[name])
+            if args.quick:
+                spec.update(QUICK.get(name, {}))
+            self.specs[name] = spec
+        self.sink: Sink | None = None
+        self.postfix: Postfix | None = None
+        self.runs: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
+        self.files: dict[str, Path] = {}
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def prepare_inputs(self) -> None:
+        for name, spec in self.specs.items():
+            if "file_size" in spec:
+                size = int(spec["file_size"])
+                path = self.workdir / f"attachment-{size}.bin"
+                if not path.exists():
+                    log(f"writing a {size / 1e6:g} MB attachment file")
+                    write_random_file(path, size)
+                self.files[name] = path
+            if spec["kind"] == "send":
+                # smtp-source -F sends the file's lines with CRLF appended: the same bytes.
+                path = self.workdir / f"message-{name}.txt"
+                path.write_bytes(raw_message(0, int(spec["size"])).replace(b"\r\n", b"\n"))
+                self.files[name] = path
+
+    # -- one run ----------------------------------------------------------------------------
+
+    def run_python(self, client: str, name: str, port: int) -> dict[str, Any]:
+        spec = self.specs[name]
+        cmd = [sys.executable, "-m", "bench.runner", client, name, "--port", str(port)]
+        for key in ("count", "size", "rcpts", "conns"):
+            if key in spec:
+                cmd += [f"--{key}", str(spec[key])]
+        if spec["kind"] in ("attach", "compose-attach"):
+            cmd += ["--file", str(self.files[name])]
+        if name == "W6":
+            cmd += ["--to", Postfix.ADDRESS]
+        timeout = 900 if name == "W3-big" else 180
+        proc = subprocess.run(
+            cmd, capture_output=True, timeout=timeout, cwd=ROOT, check=False, text=True
+        )
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        record: dict[str, Any] = json.loads(lines[-1])
+        return record
+
+    def run_smtp_source(self, name: str, port: int) -> dict[str, Any]:
+        """smtp-source, timed from spawn to exit; CPU from wait4, peak RSS from /proc."""
+        spec = self.specs[name]
+        cmd = [
+            SMTP_SOURCE,
+            "-d",  # keep the connection for the next message
+            "-s", str(spec["conns"]),
+            "-m", str(spec["count"]),
+            "-r", str(spec["rcpts"]),
+            "-F", str(self.files[name]),
+            "-f", SENDER,
+            "-t", RECIPIENT,
+            "-M", LOCAL_HOSTNAME,
+            f"127.0.0.1:{port}",
+        ]  # fmt: skip
+        errors = self.workdir / "smtp-source.err"
+        peak = [0]
+        with errors.open("wb") as err:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        # The parent's ru_maxrss is wrong for a vfork'd child (it counts the parent's
+        # memory at exec), so the peak is VmHWM sampled from /proc while it runs.
+        gone = threading.Event()
+
+        def sample() -> None:
+            while not gone.is_set():
+                value = status_kib("VmHWM", proc.pid)
+                if value is not None:
+                    peak[0] = max(peak[0], value)
+                gone.wait(0.005)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        killer = threading.Timer(180, proc.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage
+        finally:
+            killer.cancel()
+            gone.set()
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        sampler.join()
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"smtp-source exit {proc.returncode}: {errors.read_text(errors='replace')[-2000:]}"
+            )
+        return {
+            "client": "smtp-source",
+            "workload": name,
+            "messages": int(spec["count"]),
+            "octets": int(spec["count"]) * int(spec["size"]),
+            "seconds": seconds,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "rss_base_kib": None,
+            "vmhwm_kib": peak[0] or None,
+            "pid": proc.pid,
+        }
+
+    def run_one(self, rnd: int, name: str, client: str) -> None:
+        spec = self.specs[name]
+        server: Sink | Postfix | None = None
+        if spec["kind"] in ("send", "attach"):
+            server = self.postfix if name == "W6" else self.sink
+        before = 0
+        if isinstance(server, Sink):
+            before = server.messages()
+        elif isinstance(server, Postfix):
+            before = server.delivered()
+        try:
+            if client == "smtp-source":
+                record = self.run_smtp_source(name, self.sink.port)  # type: ignore[union-attr]
+            else:
+                record = self.run_python(client, name, server.port if server else 0)
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+            record = {"client": client, "workload": name, "error": str(exc)}
+        record["round"] = rnd
+        if "error" not in record and server is not None:
+            expected = before + int(record["messages"])
+            if isinstance(server, Sink):
+                seen = server.wait_for_messages(expected) - before
+            else:
+                seen = server.wait_for_delivered(expected) - before
+            record["server_received"] = seen
+            if seen != record["messages"]:
+                record["error"] = f"the server got {seen} of {record['messages']} messages"
+        record["throughput"] = throughput(record, spec)
+        self.runs.append(record)
+        if "error" in record:
+            log(f"  {name:6} {client:22} FAILED: {record['error'][:300]}")
+        else:
+            unit = unit_of(spec)
+            rss = record.get("vmhwm_kib")
+            log(
+                f"  {name:6} {client:22} {record['throughput']:10.1f} {unit:5} "
+                f"cpu {record['cpu_s']:6.2f} s  peak {(rss or 0) / 1024:6.1f} MiB"
+            )
+
+    # -- the whole run ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.prepare_inputs()
+        needs_sink = any(
+            s["kind"] in ("send", "attach") and n != "W6" for n, s in self.specs.items()
+        )
+        if needs_sink:
+            self.sink = Sink(self.workdir)
+            log(f"smtp-sink on port {self.sink.port}: {self.sink.command}")
+        if "W6" in self.specs:
+            try:
+                self.postfix = Postfix()
+                log(f"Postfix: {self.postfix.command}")
+            except Exception as exc:
+                self.skipped["W6"] = f"Postfix did not start: {exc}"[:500]
+                log(f"W6 skipped: {self.skipped['W6']}")
+        for rnd in range(self.args.rounds):
+            log(f"round {rnd + 1}/{self.args.rounds}")
+            for name in self.specs:
+                if name in self.skipped:
+                    continue
+                clients = [c for c in CLIENTS[name] if c in self.args.clients]
+                shift = rnd % len(clients) if clients else 0
+                for client in clients[shift:] + clients[:shift]:  # a new order each round
+                    self.run_one(rnd, name, client)
+
+    def stop(self) -> None:
+        if self.sink is not None:
+            self.sink.stop()
+            self.sink = None
+        if self.postfix is not None:
+            self.postfix.stop()
+            self.postfix = None
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+
+def unit_of(spec: dict[str, Any]) -> str:
+    return "MB/s" if spec["kind"] == "attach" else "msg/s"
+
+
+def throughput(record: dict[str, Any], spec: dict[str, Any]) -> float | None:
+    if "error" in record or not record.get("seconds"):
+        return None
+    if spec["kind"] == "attach":
+        return float(spec["file_size"]) / 1e6 / float(record["seconds"])
+    return float(record["messages"]) / float(record["seconds"])
+
+
+def _by_round(runs: list[dict[str, Any]], name: str, client: str) -> dict[int, dict[str, Any]]:
+    return {
+        r["round"]: r
+        for r in runs
+        if r["workload"] == name and r["client"] == client and "error" not in r
+    }
+
+
+def ratio(runs: list[dict[str, Any]], name: str, client: str, against: str) -> float | None:
+    """Median over rounds of the throughput ratio measured in the same round."""
+    mine, theirs = _by_round(runs, name, client), _by_round(runs, name, against)
+    ratios = [mine[r]["throughput"] / theirs[r]["throughput"] for r in mine if r in theirs]
+    return statistics.median(ratios) if ratios else None
+
+
+def summarize(bench: Bench) -> list[dict[str, Any]]:
+    rows = []
+    for name, spec in bench.specs.items():
+        for client in CLIENTS[name]:
+            ok = list(_by_round(bench.runs, name, client).values())
+            every = [r for r in bench.runs if r["workload"] == name and r["client"] == client]
+            if not every:
+                continue
+            rss = [r["vmhwm_kib"] for r in ok if r.get("vmhwm_kib")]
+            rows.append(
+                {
+                    "workload": name,
+                    "client": client,
+                    "unit": unit_of(spec),
+                    "rounds": len(ok),
+                    "failed": len(every) - len(ok),
+                    "throughput": statistics.median([r["throughput"] for r in ok]) if ok else None,
+                    "min": min((r["throughput"] for r in ok), default=None),
+                    "max": max((r["throughput"] for r in ok), default=None),
+                    "vs_smtplib": ratio(bench.runs, name, client, BASELINE),
+                    "cpu_s": statistics.median([r["cpu_s"] for r in ok]) if ok else None,
+                    "peak_rss_mib": max(rss) / 1024 if rss else None,
+                }
+            )
+    return rows
+
+
+def check_targets(bench: Bench, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for name, client, against, what, goal in TARGETS:
+        if name not in bench.specs:
+            continue
+        if what == "ratio":
+            value = ratio(bench.runs, name, client, against)
+            text = f"{name}: {LABELS[client]} >= {goal:g}x {LABELS[against]}"
+        else:
+            row = next((r for r in rows if r["workload"] == name and r["client"] == client), None)
+            value = row["peak_rss_mib"] if row else None
+            text = f"{name}: {LABELS[client]} peak RSS <= {goal:g} MiB"
+        met = None if value is None else (value >= goal if what == "ratio" else value <= goal)
+        out.append({"target": text, "value": value, "goal": goal, "what": what, "met": met})
+    return out
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def label(name: str, client: str) -> str:
+    if name == "W2":
+        return W2_LABELS.get(client, client)
+    if name.startswith("W5"):
+        return COMPOSE_LABELS.get(client, client)
+    return LABELS.get(client, client)
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    if unit == "msg/s":
+        return f"{value:,.0f}"
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def markdown(bench: Bench, meta: dict[str, Any], rows: list[dict[str, Any]], targets: Any) -> str:
+    lines = [
+        f"# smtpsubmit benchmark — {meta['started']}",
+        "",
+        f"`python -m bench {' '.join(meta['argv'])}` — {meta['rounds']} round(s)"
+        f"{' (quick mode: smaller workloads)' if meta['quick'] else ''}; "
+        f"{meta['cpu']} ({meta['cpus']} CPUs), Python {meta['python']}, "
+        f"smtpsubmit {meta['smtpsubmit']}, aiosmtplib {meta['aiosmtplib']}, "
+        f"Postfix {meta['postfix']}.",
+        "",
+        "Throughput is the median over rounds; *vs smtplib* is the median of the ratios "
+        "measured in the same round; CPU is the client process's user+system time for "
+        "the timed part (whole process for smtp-source); peak RSS is the client process's "
+        "VmHWM (largest over rounds). The server is smtp-sink (W1–W4) or a private Postfix "
+        "smtpd (W6); W5 has no network.",
+        "",
+        "| Workload | Client | Throughput | min–max | vs smtplib | CPU s | Peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        name, unit = row["workload"], row["unit"]
+        thr = row["throughput"]
+        shown = f"{_fmt(thr, unit)} {unit}" if thr is not None else "failed"
+        spread = f"{_fmt(row['min'], unit)}–{_fmt(row['max'], unit)}" if thr else ""
+        vs = f"{row['vs_smtplib']:.2f}x" if row["vs_smtplib"] is not None else "–"
+        failed = f" ({row['failed']} failed)" if row["failed"] else ""
+        lines.append(
+            f"| {name} {DESCRIPTIONS[name]} | {label(name, row['client'])}{failed} | {shown} | "
+            f"{spread} | {vs} | {_fmt(row['cpu_s'])} | {_fmt(row['peak_rss_mib'])} |"
+        )
+    for name, why in bench.skipped.items():
+        lines.append(f"| {name} {DESCRIPTIONS[name]} | skipped: {why} | | | | | |")
+    lines += ["", "## Targets", "", "| Target | Measured | Met |", "|---|---:|---|"]
+    for t in targets:
+        if t["value"] is None:
+            measured, met = "not measured", "–"
+        elif t["what"] == "ratio":
+            measured = f"{t['value']:.2f}x"
+            met = "yes" if t["met"] else f"**no** ({t['value'] / t['goal']:.0%} of the target)"
+        else:
+            measured = f"{t['value']:.1f} MiB"
+            met = "yes" if t["met"] else "**no**"
+        lines.append(f"| {t['target']} | {measured} | {met} |")
+    errors = [r for r in bench.runs if "error" in r]
+    if errors:
+        lines += ["", "## Failed runs", ""]
+        lines += [
+            f"- round {r['round'] + 1}, {r['workload']}, {r['client']}: {r['error'][:300]}"
+            for r in errors
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    def version(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        postfix = subprocess.run(
+            ["/usr/sbin/postconf", "-h", "mail_version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        postfix = "unknown"
+    return {
+        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "argv": argv,
+        "rounds": args.rounds,
+        "quick": args.quick,
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "smtpsubmit": version("smtpsubmit"),
+        "aiosmtplib": version("aiosmtplib"),
+        "postfix": postfix or "unknown",
+        "platform": platform.platform(),
+    }
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the servers are stopped in ``finally``."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--rounds", type=int, help="rounds per workload (default 3; 1 --quick)")
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, a smoke run")
+    parser.add_argument("--big", action="store_true", help="also W3 with a 500 MB attachment")
+    parser.add_argument(
+        "--only", help="comma-separated workloads to run (W1,W2,W3,W3-big,W4,W5a,W5b,W6)"
+    )
+    parser.add_argument("--clients", help="comma-separated clients to run (default: all)")
+    parser.add_argument("--no-save", action="store_true", help="print only; write no files")
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    names = [n for n in WORKLOADS if n != "W3-big" or args.big]
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = set(wanted) - set(WORKLOADS)
+        if unknown:
+            parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+        names = [n for n in WORKLOADS if n in wanted]
+    args.workloads = names
+    everyone = {c for cs in CLIENTS.values() for c in cs}
+    args.clients = (
+        {c.strip() for c in args.clients.split(",")} if args.clients else everyone
+    )
+    if args.clients - everyone:
+        parser.error(f"unknown client(s): {', '.join(sorted(args.clients - everyone))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    meta = environment(args, argv)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="smtpsubmit-bench-") as tmp, _sigterm_as_exit():
+        bench = Bench(args, Path(tmp))
+        try:
+            bench.run()
+        finally:
+            bench.stop()
+    meta["seconds"] = round(time.monotonic() - t0, 1)
+    rows = summarize(bench)
+    targets = check_targets(bench, rows)
+    table = markdown(bench, meta, rows, targets)
+    print(table)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        raw = {
+            "meta": meta,
+            "workloads": bench.specs,
+            "runs": bench.runs,
+            "summary": rows,
+            "targets": targets,
+            "skipped": bench.skipped,
+        }
+        (RESULTS / f"{stamp}.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+        (RESULTS / f"{stamp}.md").write_text(table)
+        (RESULTS / "latest.md").write_text(table)
+        log(f"wrote {RESULTS / (stamp + '.md')}, .json and latest.md ({meta['seconds']} s)")
+    return 1 if any("error" in r for r in bench.runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""One client, one workload, one process: ``python -m bench.runner CLIENT WORKLOAD [options]``.
+
+Prints one JSON line: what was done (messages, octets), the wall time and CPU
+time of the timed part, and this process's peak RSS (VmHWM) at its end. The
+inputs (message bytes, attachment file) are prepared before the clock starts
+and are the same for every client.
+
+Clients: ``smtpsubmit`` (sync Client), ``smtpsubmit-async`` (AsyncClient),
+``smtpsubmit-nochunking`` (sync, ``disable_extensions={"CHUNKING"}``),
+``smtplib`` (with ``email.message.EmailMessage`` where a message is composed)
+and ``aiosmtplib``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    LOCAL_HOSTNAME,
+    RECIPIENT,
+    SENDER,
+    WORKLOADS,
+    cpu_seconds,
+    html_body,
+    raw_message,
+    recipients,
+    status_kib,
+    text_body,
+)
+
+CLIENTS = ("smtpsubmit", "smtpsubmit-async", "smtpsubmit-nochunking", "smtplib", "aiosmtplib")
+TIMEOUT = 60.0
+
+
+# -- sending ready messages (W1, W2, W4, W6) ----------------------------------------------
+
+
+def _split(items: list[bytes], parts: int) -> list[list[bytes]]:
+    return [items[i::parts] for i in range(parts)]
+
+
+def _smtpsubmit_server(port: int, nochunking: bool = False) -> Any:
+    from smtpsubmit import Option, Server
+
+    return Server(
+        "127.0.0.1",
+        port=port,
+        timeout=TIMEOUT,
+        options=Option.EXTENDED,
+        local_hostname=LOCAL_HOSTNAME,
+        disable_extensions=frozenset({"CHUNKING"}) if nochunking else frozenset(),
+    )
+
+
+def _threads(work: Callable[[list[bytes]], int], shares: list[list[bytes]]) -> int:
+    """Run ``work`` on each share in its own thread (or inline for one share)."""
+    if len(shares) == 1:
+        return work(shares[0])
+    done: list[int] = []
+    errors: list[BaseException] = []
+
+    def target(share: list[bytes]) -> None:
+        try:
+            done.append(work(share))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(share,)) for share in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(done)
+
+
+def send_smtpsubmit(port: int, shares: list[list[bytes]], rcpts: list[str], client: str) -> int:
+    from smtpsubmit import Client
+
+    server = _smtpsubmit_server(port, nochunking=client == "smtpsubmit-nochunking")
+
+    def work(messages: list[bytes]) -> int:
+        with Client(server) as c:
+            for data in messages:
+                result = c.send(data, sender=SENDER, recipients=rcpts)
+                if len(result.accepted) != len(rcpts):
+                    raise RuntimeError(f"refused: {result.refused}")
+        return len(messages)
+
+    return _threads(work, shares)
+
+
+def send_smtpsubmit_async(port: int, shares: list[list[bytes]], rcpts: list[str]) -> int:
+    from smtpsubmit import AsyncClient
+
+    server = _smtpsubmit_server(port)
+
+    async def work(messages: list[bytes]) -> int:
+        async with AsyncClient(server) as c:
+            for data in messages:
+                result = await c.send(data, sender=SENDER, recipients=rcpts)
+                if len(result.accepted) != len(rcpts):
+                    raise RuntimeError(f"refused: {result.refused}")
+        return len(messages)
+
+    async def main() -> int:
+        return sum(await asyncio.gather(*(work(s) for s in shares)))
+
+    return asyncio.run(main())
+
+
+def send_smtplib(port: int, shares: list[list[bytes]], rcpts: list[str]) -> int:
+    import smtplib
+
+    def work(messages: list[bytes]) -> int:
+        with smtplib.SMTP(
+            "127.0.0.1", port, local_hostname=LOCAL_HOSTNAME, timeout=TIMEOUT
+        ) as smtp:
+            for data in messages:
+                refused = smtp.sendmail(SENDER, rcpts, data)
+                if refused:
+                    raise RuntimeError(f"refused: {refused}")
+        return len(messages)
+
+    return _threads(work, shares)
+
+
+def send_aiosmtplib(port: int, shares: list[list[bytes]], rcpts: list[str]) -> int:
+    import aiosmtplib
+
+    async def work(messages: list[bytes]) -> int:
+        smtp = aiosmtplib.SMTP(
+            hostname="127.0.0.1",
+            port=port,
+            local_hostname=LOCAL_HOSTNAME,
+            timeout=TIMEOUT,
+            start_tls=False,
+        )
+        await smtp.connect()
+        try:
+            for data in messages:
+                refused, _ = await smtp.sendmail(SENDER, rcpts, data)
+                if refused:
+                    raise RuntimeError(f"refused: {refused}")
+        finally:
+            await smtp.quit()
+        return len(messages)
+
+    async def main() -> int:
+        return sum(await asyncio.gather(*(work(s) for s in shares)))
+
+    return asyncio.run(main())
+
+
+# -- composing (W3, W5) ---------------------------------------------------------------------
+
+
+def compose_smtpsubmit(index: int, attachment: Path | None) -> Any:
+    from smtpsubmit.message import Message
+
+    if attachment is not None:
+        return Message(
+            sender=f"Bench <{SENDER}>",
+            to=f"Recipient <{RECIPIENT}>",
+            subject=f"Your file {index}",
+            text="Please find the file attached.\n",
+            attachments=[attachment],
+        )
+    text = text_body(index, 150)
+    return Message(
+        sender=f"Bench <{SENDER}>",
+        to=f"Recipient <{RECIPIENT}>",
+        subject=f"Newsletter {index}",
+        text=text,
+        html=html_body(text),
+    )
+
+
+def compose_email(index: int, attachment: Path | None) -> Any:
+    """The stdlib way: EmailMessage (policy=SMTP), with the same headers smtpsubmit writes."""
+    import email.policy
+    import email.utils
+    import mimetypes
+    from email.message import EmailMessage
+
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = f"Bench <{SENDER}>"
+    msg["To"] = f"Recipient <{RECIPIENT}>"
+    msg["Date"] = email.utils.formatdate(localtime=True)
+    msg["Message-ID"] = email.utils.make_msgid(domain="example.org")
+    if attachment is not None:
+        msg["Subject"] = f"Your file {index}"
+        msg.set_content("Please find the file attached.\n")
+        ctype, _ = mimetypes.guess_type(attachment.name)
+        maintype, subtype = (ctype or "application/octet-stream").split("/")
+        msg.add_attachment(
+            attachment.read_bytes(), maintype=maintype, subtype=subtype, filename=attachment.name
+        )
+        return msg
+    text = text_body(index, 150)
+    msg["Subject"] = f"Newsletter {index}"
+    msg.set_content(text)
+    msg.add_alternative(html_body(text), subtype="html")
+    return msg
+
+
+def run_compose(client: str, count: int, attachment: Path | None) -> tuple[int, int]:
+    compose = compose_smtpsubmit if client == "smtpsubmit" else compose_email
+    octets = 0
+    for i in range(count):
+        octets += len(compose(i, attachment).as_bytes())
+    return count, octets
+
+
+def run_attach(client: str, port: int, attachment: Path) -> tuple[int, int]:
+    """Compose one message with the attachment and send it (the whole job is timed)."""
+    if client in ("smtpsubmit", "smtpsubmit-async"):
+        message = compose_smtpsubmit(0, attachment)
+        if client == "smtpsubmit":
+            from smtpsubmit import Client
+
+            with Client(_smtpsubmit_server(port)) as c:
+                result = c.send(message)
+        else:
+            from smtpsubmit import AsyncClient
+
+            async def main() -> Any:
+                async with AsyncClient(_smtpsubmit_server(port)) as c:
+                    return await c.send(message)
+
+            result = asyncio.run(main())
+        return 1, result.size
+    data = compose_email(0, attachment).as_bytes()
+    if client == "smtplib":
+        send_smtplib(port, [[data]], [RECIPIENT])
+    else:
+        send_aiosmtplib(port, [[data]], [RECIPIENT])
+    return 1, len(data)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.runner", description=__doc__)
+    parser.add_argument("client", choices=CLIENTS)
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("--port", type=int, default=0, help="the SMTP server's port")
+    parser.add_argument("--count", type=int)
+    parser.add_argument("--size", type=int)
+    parser.add_argument("--rcpts", type=int)
+    parser.add_argument("--conns", type=int)
+    parser.add_argument("--file", type=Path, help="the attachment (W3, W5b)")
+    parser.add_argument("--to", default=RECIPIENT, help="the (first) envelope recipient")
+    args = parser.parse_args(argv)
+
+    spec = dict(WORKLOADS[args.workload])
+    for key in ("count", "size", "rcpts", "conns"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
+    kind = spec["kind"]
+    if kind in ("attach", "compose-attach") and args.file is None:
+        parser.error(f"{args.workload} needs --file")
+
+    # Imports and inputs before the clock starts: the same bytes for every client.
+    if args.client.startswith("smtpsubmit"):
+        import smtpsubmit  # noqa: F401
+        import smtpsubmit.message  # noqa: F401
+    elif args.client == "aiosmtplib":
+        import aiosmtplib  # noqa: F401
+    shares: list[list[bytes]] = []
+    rcpts: list[str] = []
+    if kind == "send":
+        count, size = int(spec["count"]), int(spec["size"])  # type: ignore[call-overload]
+        messages = [raw_message(i, size, args.to) for i in range(count)]
+        shares = _split(messages, int(spec["conns"]))  # type: ignore[call-overload]
+        rcpts = recipients(int(spec["rcpts"]), args.to)  # type: ignore[call-overload]
+    rss_base = status_kib("VmRSS")
+
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    if kind == "send":
+        if args.client == "smtpsubmit-async":
+            done = send_smtpsubmit_async(args.port, shares, rcpts)
+        elif args.client.startswith("smtpsubmit"):
+            done = send_smtpsubmit(args.port, shares, rcpts, args.client)
+        elif args.client == "smtplib":
+            done = send_smtplib(args.port, shares, rcpts)
+        else:
+            done = send_aiosmtplib(args.port, shares, rcpts)
+        octets = sum(len(m) for share in shares for m in share)
+    elif kind == "attach":
+        done, octets = run_attach(args.client, args.port, args.file)
+    else:
+        count = int(spec["count"])  # type: ignore[call-overload]
+        done, octets = run_compose(
+            args.client, count, args.file if kind == "compose-attach" else None
+        )
+    seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - cpu0
+
+    record = {
+        "client": args.client,
+        "workload": args.workload,
+        "messages": done,
+        "octets": octets,
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "rss_base_kib": rss_base,
+        "vmhwm_kib": status_kib("VmHWM"),
+        "pid": os.getpid(),
+    }
+    print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
