@@ -325,6 +325,14 @@ class AsyncStream:
 
     async def start_tls(self, stage: str) -> TlsInfo | None:
         context = make_ssl_context(self._server)
+        if getattr(self._reader, "_buffer", b""):
+            # Plaintext that arrived after the STARTTLS reply would survive the handshake
+            # in the reader's buffer and be read as if it came over TLS (fault S8).
+            raise TlsError(
+                "the server sent more plaintext after its STARTTLS reply (a broken server, "
+                "or an attempt to inject commands); the TLS handshake was not started",
+                stage=stage,
+            )
         try:
             async with asyncio.timeout(self._server.effective_timeout):
                 await self._writer.start_tls(

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from smtpsubmit import Option, Server, submit_message
     from smtpsubmit.message import Attachment, Message
 
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd logs its own deprecations
     # aiosmtpd warns about its own deprecated internals from the server thread.
     warnings.filterwarnings("ignore", module="aiosmtpd")
     warnings.filterwarnings("ignore", message=".*login_data is deprecated")
