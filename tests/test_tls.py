@@ -897,3 +897,19 @@ def test_implicit_tls_with_auth_on_tunnel(driver, server_ssl_context, ca_file, f
     assert out.is_tls
     fake.assert_ok()
     assert any(line.startswith(b"AUTH PLAIN ") for line in client_lines(fake))
+
+
+def test_s8_async_stream_refuses_plaintext_buffered_before_the_handshake():
+    """Bytes that reached the asyncio reader after the STARTTLS reply would outlive the
+    handshake in its buffer (the sync socket feeds them to OpenSSL, which fails): refused."""
+    from smtpsubmit.transport import AsyncStream
+
+    async def main() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"250-x\r\n250 AUTH PLAIN\r\n")
+        stream = AsyncStream(reader, None, Server("127.0.0.1", options=Option.SECURE))  # type: ignore[arg-type]
+        with pytest.raises(TlsError, match="plaintext after its STARTTLS reply") as info:
+            await stream.start_tls("starttls")
+        assert info.value.stage == "starttls"
+
+    asyncio.run(main())

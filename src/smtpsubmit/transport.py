@@ -222,6 +222,8 @@ class SyncStream:
 
     def send(self, data: bytes, stage: str) -> None:
         try:
+            # The whole write must finish within the timeout (receive() shortens it).
+            self._sock.settimeout(self._server.effective_timeout)
             self._sock.sendall(data)
         except (OSError, ValueError) as exc:
             raise _io_error(exc, stage, "while sending", self._server) from None
@@ -328,9 +330,10 @@ class AsyncStream:
         if getattr(self._reader, "_buffer", b""):
             # Plaintext that arrived after the STARTTLS reply would survive the handshake
             # in the reader's buffer and be read as if it came over TLS (fault S8).
+            what = "after its STARTTLS reply" if stage == "starttls" else "before TLS started"
             raise TlsError(
-                "the server sent more plaintext after its STARTTLS reply (a broken server, "
-                "or an attempt to inject commands); the TLS handshake was not started",
+                f"the server sent plaintext {what} (a plaintext port, a broken server, or an "
+                "attempt to inject commands); the TLS handshake was not started",
                 stage=stage,
             )
         try:
