@@ -116,6 +116,9 @@ class Bench:
                 path = self.workdir / f"message-{name}.txt"
                 path.write_bytes(raw_message(0, int(spec["size"])).replace(b"\r\n", b"\n"))
                 self.files[name] = path
+        # Write the files out now: background writeback of hundreds of MB would steal CPU
+        # from the first runs.
+        os.sync()
 
     # -- one run ----------------------------------------------------------------------------
 
@@ -360,7 +363,7 @@ def label(name: str, client: str) -> str:
 
 def _fmt(value: float | None, unit: str = "") -> str:
     if value is None:
-        return "–"
+        return "-"
     if unit == "msg/s":
         return f"{value:,.0f}"
     return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
@@ -379,18 +382,18 @@ def markdown(bench: Bench, meta: dict[str, Any], rows: list[dict[str, Any]], tar
         "Throughput is the median over rounds; *vs smtplib* is the median of the ratios "
         "measured in the same round; CPU is the client process's user+system time for "
         "the timed part (whole process for smtp-source); peak RSS is the client process's "
-        "VmHWM (largest over rounds). The server is smtp-sink (W1–W4) or a private Postfix "
+        "VmHWM (largest over rounds). The server is smtp-sink (W1-W4) or a private Postfix "
         "smtpd (W6); W5 has no network.",
         "",
-        "| Workload | Client | Throughput | min–max | vs smtplib | CPU s | Peak RSS MiB |",
+        "| Workload | Client | Throughput | min-max | vs smtplib | CPU s | Peak RSS MiB |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         name, unit = row["workload"], row["unit"]
         thr = row["throughput"]
         shown = f"{_fmt(thr, unit)} {unit}" if thr is not None else "failed"
-        spread = f"{_fmt(row['min'], unit)}–{_fmt(row['max'], unit)}" if thr else ""
-        vs = f"{row['vs_smtplib']:.2f}x" if row["vs_smtplib"] is not None else "–"
+        spread = f"{_fmt(row['min'], unit)}-{_fmt(row['max'], unit)}" if thr else ""
+        vs = f"{row['vs_smtplib']:.2f}x" if row["vs_smtplib"] is not None else "-"
         failed = f" ({row['failed']} failed)" if row["failed"] else ""
         lines.append(
             f"| {name} {DESCRIPTIONS[name]} | {label(name, row['client'])}{failed} | {shown} | "
@@ -401,7 +404,7 @@ def markdown(bench: Bench, meta: dict[str, Any], rows: list[dict[str, Any]], tar
     lines += ["", "## Targets", "", "| Target | Measured | Met |", "|---|---:|---|"]
     for t in targets:
         if t["value"] is None:
-            measured, met = "not measured", "–"
+            measured, met = "not measured", "-"
         elif t["what"] == "ratio":
             measured = f"{t['value']:.2f}x"
             met = "yes" if t["met"] else f"**no** ({t['value'] / t['goal']:.0%} of the target)"
@@ -436,7 +439,7 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 break
     try:
         postfix = subprocess.run(
-            ["/usr/sbin/postconf", "-h", "mail_version"],
+            ["/usr/sbin/postconf", "-d", "-h", "mail_version"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -501,9 +504,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         names = [n for n in WORKLOADS if n in wanted]
     args.workloads = names
     everyone = {c for cs in CLIENTS.values() for c in cs}
-    args.clients = (
-        {c.strip() for c in args.clients.split(",")} if args.clients else everyone
-    )
+    args.clients = {c.strip() for c in args.clients.split(",")} if args.clients else everyone
     if args.clients - everyone:
         parser.error(f"unknown client(s): {', '.join(sorted(args.clients - everyone))}")
     return args

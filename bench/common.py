@@ -15,10 +15,34 @@ SENDER = "bench@example.org"
 RECIPIENT = "rcpt@example.net"
 LOCAL_HOSTNAME = "bench.example.org"
 
-_WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike "
-    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
-).split()
+_WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliett",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+]
 
 
 def recipients(count: int, address: str = RECIPIENT) -> list[str]:
@@ -123,10 +147,10 @@ WORKLOADS: dict[str, dict[str, object]] = {
 
 # --quick: the same shapes, smaller.
 QUICK: dict[str, dict[str, object]] = {
-    "W1": {"count": 300},
-    "W2": {"count": 300},
+    "W1": {"count": 1000},
+    "W2": {"count": 1000},
     "W3": {"file_size": 10_000_000},
-    "W4": {"count": 300},
+    "W4": {"count": 1000},
     "W5a": {"count": 1000},
     "W5b": {"count": 20},
     "W6": {"count": 30},

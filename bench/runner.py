@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imports and inputs before the clock starts: the same bytes for every client.
     if args.client.startswith("smtpsubmit"):
-        import smtpsubmit  # noqa: F401
+        import smtpsubmit
         import smtpsubmit.message  # noqa: F401
     elif args.client == "aiosmtplib":
         import aiosmtplib  # noqa: F401

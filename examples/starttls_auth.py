@@ -6,8 +6,8 @@ This is what most providers want (port 587, "STARTTLS", user name and password):
         MAIL_FROM=me@example.org MAIL_TO=you@example.org python examples/starttls_auth.py
 
 Environment: ``SMTP_HOST`` (required), ``SMTP_PORT`` (default 587), ``SMTP_USER``,
-``SMTP_PASSWORD``, ``SMTP_CA_FILE`` (a PEM file of CA certificates to trust besides the
-system store, for a server with a private CA), ``MAIL_FROM``, ``MAIL_TO``.
+``SMTP_PASSWORD``, ``SMTP_CA_FILE`` (a PEM file of the CA certificates to trust instead of
+the system store, for a server with a private CA), ``MAIL_FROM``, ``MAIL_TO``.
 
 ``Option.SECURE`` makes STARTTLS mandatory: if the server does not offer it, or the
 certificate does not verify, you get a ``TlsError`` and nothing else is sent — the

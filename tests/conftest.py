@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.servers.fakesmtp",
     "tests.servers.aiosmtpd_server",
     "tests.servers.postfix",
+    "tests.servers.proxy",
     "tests.drivers",
 ]

@@ -13,7 +13,7 @@ import email.utils
 import io
 import os
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,7 @@ def header_lines(raw: bytes) -> list[bytes]:
     return header_block(raw).split(b"\r\n")[:-1]
 
 
-def text_of(part: email.message.EmailMessage) -> str:
+def text_of(part: email.message.MIMEPart) -> str:
     content = part.get_content()
     assert isinstance(content, str)
     return content.replace("\r\n", "\n")
@@ -139,8 +139,6 @@ AMBIGUOUS = [
     "@example.org",
     "alice",
     "alice@",
-    "alice@localhost",
-    "alice@[192.0.2.1]",
     "<>",
     "Alice <>",
 ]
@@ -155,6 +153,13 @@ INJECTIONS = [
     "Name\r\n <a@example.org>",
     "a@example.org\u2028",
 ]
+
+
+@pytest.mark.parametrize("address", ["root@localhost", "ops@corp.local", "alice@[192.0.2.1]"])
+def test_local_and_literal_domains_are_accepted(address: str) -> None:
+    """A submission server is where root@localhost (cron) or a .local domain belongs."""
+    message = Message(sender=address, to=address, text="x")
+    assert message.envelope_recipients() == [address]
 
 
 @pytest.mark.parametrize("address", AMBIGUOUS + INJECTIONS)
@@ -354,7 +359,7 @@ def test_date_default_is_now_local_with_offset() -> None:
     value = parse(message.as_bytes())["Date"]
     parsed = email.utils.parsedate_to_datetime(str(value))
     assert parsed.tzinfo is not None
-    assert abs(parsed - datetime.now(timezone.utc)) < timedelta(minutes=1)
+    assert abs(parsed - datetime.now(UTC)) < timedelta(minutes=1)
     expected = datetime.now().astimezone().utcoffset()
     assert parsed.utcoffset() == expected
     assert re.search(
@@ -472,7 +477,7 @@ def test_inline_cid_goes_to_related_with_html(tmp_path: Path) -> None:
     assert parsed.get_content_type() == "multipart/mixed"
     alternative, report = parsed.iter_parts()
     assert alternative.get_content_type() == "multipart/alternative"
-    plain, related = alternative.iter_parts()
+    _plain, related = alternative.iter_parts()
     assert related.get_content_type() == "multipart/related"
     assert related.get_param("type") == "text/html"
     html, image = related.iter_parts()
@@ -545,7 +550,7 @@ def test_attachment_string_paths_and_types(tmp_path: Path) -> None:
 
 def test_missing_attachment_rejected_at_construction(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pdf"
-    with pytest.raises(MessageError, match="nope.pdf") as info:
+    with pytest.raises(MessageError, match=r"nope\.pdf") as info:
         make(text="x", attachments=str(missing))
     assert isinstance(info.value.__cause__, FileNotFoundError)
     with pytest.raises(MessageError):
@@ -668,9 +673,9 @@ def test_forced_encodings() -> None:
     assert cte(raw) == "quoted-printable"
     with pytest.raises(MessageError):
         make(text="é", encoding=Encoding.SEVEN_BIT)
-    assert cte(make(text="x", encoding="base64").as_bytes()) == "base64"  # type: ignore[arg-type]
+    assert cte(make(text="x", encoding="base64").as_bytes()) == "base64"
     with pytest.raises(MessageError):
-        make(text="x", encoding="binary")  # type: ignore[arg-type]
+        make(text="x", encoding="binary")
 
 
 def test_bare_cr_and_lf_become_crlf() -> None:
@@ -789,7 +794,7 @@ def test_streaming_forms_agree(tmp_path: Path) -> None:
         assert sink.getvalue() == whole
         assert message.as_bytes() == whole  # renders are repeatable
     with pytest.raises(ValueError):
-        list(make(text="x").iter_bytes(0))
+        make(text="x").iter_bytes(0)
 
 
 def test_prepared_message_shape() -> None:
@@ -880,7 +885,7 @@ def test_from_bytes_normalises_newlines_and_adds_missing_fields() -> None:
     out = message.as_bytes()
     assert_wire_clean(out)
     assert message.size == len(out)
-    head, body = out.split(b"\r\n\r\n", 1)
+    _head, body = out.split(b"\r\n\r\n", 1)
     assert body == b"line one\r\nline two\r\n\r\nno final newline\r\n"
     parsed = parse(out)
     assert parsed["Message-ID"] == f"<{message.message_id}>"

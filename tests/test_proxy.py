@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from smtpsubmit import (
     SubmitResult,
     TlsError,
 )
-from tests.servers.proxy import TestProxy, proxy_factory  # noqa: F401 (fixture)
+from tests.servers.proxy import TestProxy, proxy_pool
 
 SENDER = "sender@example.org"
 RCPT = "rcpt@example.org"
@@ -40,6 +41,13 @@ KINDS = pytest.mark.parametrize(
     ],
     ids=["socks5", "socks5-auth", "socks4", "http", "http-auth"],
 )
+
+
+@pytest.fixture
+def proxies() -> Iterator[Callable[..., TestProxy]]:
+    """``make(kind, **kwargs) -> started TestProxy`` (tests/servers/proxy.py)."""
+    with proxy_pool() as make:
+        yield make
 
 
 def make_raw(token: str) -> bytes:
@@ -82,9 +90,8 @@ def make_proxy(factory: Any, kind: str, credentials: bool, **kwargs: Any) -> Tes
 
 @DRIVERS
 @KINDS
-def test_submit_through_proxy_to_aiosmtpd(driver, kind, credentials, proxy_factory,
-                                          aiosmtpd_server):
-    proxy = make_proxy(proxy_factory, kind, credentials)
+def test_submit_through_proxy_to_aiosmtpd(driver, kind, credentials, proxies, aiosmtpd_server):
+    proxy = make_proxy(proxies, kind, credentials)
     server = Server("127.0.0.1", port=aiosmtpd_server.port, timeout=5, proxy=proxy.url())
     result, is_tls = run(driver, server)
     assert result.accepted == [RCPT] and not is_tls
@@ -95,10 +102,11 @@ def test_submit_through_proxy_to_aiosmtpd(driver, kind, credentials, proxy_facto
 
 @DRIVERS
 @pytest.mark.parametrize("credentials", [False, True])
-def test_http_proxy_greeting_in_the_same_segment_as_200(driver, credentials, proxy_factory,
-                                                        aiosmtpd_server):
+def test_http_proxy_greeting_in_the_same_segment_as_200(
+    driver, credentials, proxies, aiosmtpd_server
+):
     """The bytes after the proxy's reply belong to SMTP: none may be lost with the reply."""
-    proxy = make_proxy(proxy_factory, "http", credentials, coalesce=True)
+    proxy = make_proxy(proxies, "http", credentials, coalesce=True)
     server = Server("127.0.0.1", port=aiosmtpd_server.port, timeout=3, proxy=proxy.url())
     result, _ = run(driver, server)
     assert result.accepted == [RCPT]
@@ -106,19 +114,23 @@ def test_http_proxy_greeting_in_the_same_segment_as_200(driver, credentials, pro
 
 @DRIVERS
 @pytest.mark.parametrize("scheme", ["socks5h", "socks4a"])
-def test_remote_dns_proxy_schemes(driver, scheme, proxy_factory, aiosmtpd_server):
-    proxy = proxy_factory(scheme[:6])
-    server = Server("mx.fixture.test", port=aiosmtpd_server.port, timeout=5,
-                    proxy=f"{scheme}://127.0.0.1:{proxy.port}")
+def test_remote_dns_proxy_schemes(driver, scheme, proxies, aiosmtpd_server):
+    proxy = proxies(scheme[:6])
+    server = Server(
+        "mx.fixture.test",
+        port=aiosmtpd_server.port,
+        timeout=5,
+        proxy=f"{scheme}://127.0.0.1:{proxy.port}",
+    )
     run(driver, server)
     assert proxy.targets == [("mx.fixture.test", aiosmtpd_server.port)]
 
 
 @DRIVERS
 @pytest.mark.parametrize("kind", ["socks5", "socks4", "http"])
-def test_proxy_resolves_the_host_name(driver, kind, proxy_factory, aiosmtpd_server):
+def test_proxy_resolves_the_host_name(driver, kind, proxies, aiosmtpd_server):
     """The name goes to the proxy unresolved (it need not resolve on the client)."""
-    proxy = proxy_factory(kind)
+    proxy = proxies(kind)
     server = Server("mx.fixture.test", port=aiosmtpd_server.port, timeout=5, proxy=proxy.url())
     run(driver, server)
     assert proxy.targets == [("mx.fixture.test", aiosmtpd_server.port)]
@@ -126,11 +138,18 @@ def test_proxy_resolves_the_host_name(driver, kind, proxy_factory, aiosmtpd_serv
 
 @DRIVERS
 @pytest.mark.parametrize("kind", ["socks5", "http"])
-def test_implicit_tls_through_proxy(driver, kind, proxy_factory, aiosmtpd_implicit_tls,
-                                    ca_file):
-    proxy = proxy_factory(kind)
-    server = Server("mx.fixture.test", "alice", CANARY, aiosmtpd_implicit_tls.port, 5,
-                    Option.SECURE_IMPLICIT, ca_file=ca_file, proxy=proxy.url())
+def test_implicit_tls_through_proxy(driver, kind, proxies, aiosmtpd_implicit_tls, ca_file):
+    proxy = proxies(kind)
+    server = Server(
+        "mx.fixture.test",
+        "alice",
+        CANARY,
+        aiosmtpd_implicit_tls.port,
+        5,
+        Option.SECURE_IMPLICIT,
+        ca_file=ca_file,
+        proxy=proxy.url(),
+    )
     _, is_tls = run(driver, server)
     assert is_tls
     assert proxy.targets == [("mx.fixture.test", aiosmtpd_implicit_tls.port)]
@@ -145,14 +164,20 @@ def test_implicit_tls_through_proxy(driver, kind, proxy_factory, aiosmtpd_implic
 @pytest.mark.postfix
 @DRIVERS
 @pytest.mark.parametrize("tunnel", [False, True], ids=["direct-options", "tunnel"])
-def test_postfix_starttls_through_socks5(driver, tunnel, proxy_factory, postfix):
-    proxy = proxy_factory("socks5", username="user", password="pass")
+def test_postfix_starttls_through_socks5(driver, tunnel, proxies, postfix):
+    proxy = proxies("socks5", username="user", password="pass")
     token = uuid.uuid4().hex
     options = Option.SECURE | (Option.TUNNEL if tunnel else Option.NONE)
     server = Server(
-        "127.0.0.1", "alice@example.test", postfix.users["alice@example.test"],
-        postfix.submission, 10, options, ca_file=str(postfix.ca_file),
-        tls_server_name="mx.fixture.test", proxy=f"socks5://user:pass@127.0.0.1:{proxy.port}",
+        "127.0.0.1",
+        "alice@example.test",
+        postfix.users["alice@example.test"],
+        postfix.submission,
+        10,
+        options,
+        ca_file=str(postfix.ca_file),
+        tls_server_name="mx.fixture.test",
+        proxy=f"socks5://user:pass@127.0.0.1:{proxy.port}",
     )
     result, is_tls = run(driver, server, make_raw(token))
     assert is_tls and result.reply.code == 250
@@ -165,19 +190,29 @@ def test_postfix_starttls_through_socks5(driver, tunnel, proxy_factory, postfix)
 
 @pytest.mark.postfix
 @DRIVERS
-def test_postfix_through_proxy_wrong_tls_server_name(driver, proxy_factory, postfix):
-    proxy = proxy_factory("socks5")
-    server = Server("127.0.0.1", port=postfix.submission, timeout=10,
-                    options=Option.SECURE | Option.TUNNEL, ca_file=str(postfix.ca_file),
-                    tls_server_name="not-the-server.test", proxy=proxy.url())
+def test_postfix_through_proxy_wrong_tls_server_name(driver, proxies, postfix):
+    proxy = proxies("socks5")
+    server = Server(
+        "127.0.0.1",
+        port=postfix.submission,
+        timeout=10,
+        options=Option.SECURE | Option.TUNNEL,
+        ca_file=str(postfix.ca_file),
+        tls_server_name="not-the-server.test",
+        proxy=proxy.url(),
+    )
     err = fails(driver, server, TlsError)
     assert "not-the-server.test" in str(err)
 
 
 def test_tunnel_with_proxy_and_ip_host_requires_tls_server_name():
     with pytest.raises(ValueError, match="tls_server_name"):
-        Server("127.0.0.1", port=587, options=Option.SECURE | Option.TUNNEL,
-               proxy="socks5://127.0.0.1:1080")
+        Server(
+            "127.0.0.1",
+            port=587,
+            options=Option.SECURE | Option.TUNNEL,
+            proxy="socks5://127.0.0.1:1080",
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -187,9 +222,8 @@ def test_tunnel_with_proxy_and_ip_host_requires_tls_server_name():
 
 @DRIVERS
 @KINDS
-def test_proxy_refusing_is_a_connect_error(driver, kind, credentials, proxy_factory,
-                                           aiosmtpd_server):
-    proxy = make_proxy(proxy_factory, kind, credentials, refuse=True)
+def test_proxy_refusing_is_a_connect_error(driver, kind, credentials, proxies, aiosmtpd_server):
+    proxy = make_proxy(proxies, kind, credentials, refuse=True)
     server = Server("127.0.0.1", port=aiosmtpd_server.port, timeout=5, proxy=proxy.url())
     err = fails(driver, server, ConnectError)
     assert err.stage == "connect"
@@ -199,8 +233,8 @@ def test_proxy_refusing_is_a_connect_error(driver, kind, credentials, proxy_fact
 
 @DRIVERS
 @pytest.mark.parametrize("kind", ["socks5", "http"])
-def test_proxy_wrong_password_is_a_connect_error(driver, kind, proxy_factory, aiosmtpd_server):
-    proxy = proxy_factory(kind, username="proxyuser", password="right")
+def test_proxy_wrong_password_is_a_connect_error(driver, kind, proxies, aiosmtpd_server):
+    proxy = proxies(kind, username="proxyuser", password="right")
     url = proxy.url(password=CANARY)
     server = Server("127.0.0.1", port=aiosmtpd_server.port, timeout=5, proxy=url)
     err = fails(driver, server, ConnectError)
@@ -213,8 +247,12 @@ def test_proxy_wrong_password_is_a_connect_error(driver, kind, proxy_factory, ai
 @DRIVERS
 @pytest.mark.parametrize("scheme", ["socks5", "socks4", "http"])
 def test_no_proxy_listening_is_a_connect_error(driver, scheme, closed_port):
-    server = Server("mx.fixture.test", port=25, timeout=3,
-                    proxy=f"{scheme}://u:{CANARY}@127.0.0.1:{closed_port}")
+    server = Server(
+        "mx.fixture.test",
+        port=25,
+        timeout=3,
+        proxy=f"{scheme}://u:{CANARY}@127.0.0.1:{closed_port}",
+    )
     started = time.monotonic()
     err = fails(driver, server, ConnectError)
     assert time.monotonic() - started < 3
@@ -223,8 +261,8 @@ def test_no_proxy_listening_is_a_connect_error(driver, scheme, closed_port):
 
 
 @DRIVERS
-def test_proxy_target_unreachable_is_a_connect_error(driver, proxy_factory, closed_port):
-    proxy = proxy_factory("socks5")
+def test_proxy_target_unreachable_is_a_connect_error(driver, proxies, closed_port):
+    proxy = proxies("socks5")
     server = Server("127.0.0.1", port=closed_port, timeout=3, proxy=proxy.url())
     err = fails(driver, server, ConnectError)
     assert proxy.targets == [("127.0.0.1", closed_port)]
@@ -233,10 +271,10 @@ def test_proxy_target_unreachable_is_a_connect_error(driver, proxy_factory, clos
 
 def test_proxy_password_never_in_repr():
     for scheme in ("socks5", "socks4", "http"):
-        server = Server("smtp.example.org", "alice", "pw",
-                        proxy=f"{scheme}://proxyuser:{CANARY}@127.0.0.1:1080")
-        for text in (repr(server), str(server), repr(Client(server)),
-                     repr(AsyncClient(server))):
+        server = Server(
+            "smtp.example.org", "alice", "pw", proxy=f"{scheme}://proxyuser:{CANARY}@127.0.0.1:1080"
+        )
+        for text in (repr(server), str(server), repr(Client(server)), repr(AsyncClient(server))):
             assert CANARY not in text
             assert "proxyuser:***@127.0.0.1:1080" in text
 

@@ -33,7 +33,6 @@ from smtpsubmit import (
 )
 from tests.servers.certs import client_cert_files, make_server_context
 from tests.servers.fakesmtp import (
-    _Ended,
     Close,
     Delay,
     Expect,
@@ -42,6 +41,7 @@ from tests.servers.fakesmtp import (
     Send,
     Silent,
     StartTLS,
+    _Ended,
     ehlo_reply,
 )
 
@@ -687,7 +687,7 @@ def test_client_certificate(driver, mode, tls_max, tls_ca, ca_file, fake_smtp):
     cert, key = client_cert_files(tls_ca)
     if mode == "starttls":
         fake = fake_smtp(
-            starttls_script(context)[:-1] + [GracefulStartTLS(context), tls_responder()]
+            [*starttls_script(context)[:-1], GracefulStartTLS(context), tls_responder()]
         )
         options = Option.SECURE
     else:

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from smtpsubmit.envelope import DSN
-from smtpsubmit.errors import ServerDisconnected, SmtpError, SmtpTimeout
+from smtpsubmit.errors import AuthError, ServerDisconnected, SmtpError, SmtpTimeout
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
@@ -120,10 +120,16 @@ class Client(_Base):
         if self._session is not None:
             return
         stream = SyncStream.connect(self.server)
-        session = Session(self.server, clock=time.monotonic)
+        session = Session(self.server, clock=time.monotonic, tls_info=stream.tls_info)
         self._stream, self._session = stream, session
         try:
             self._run(session.open(local_hostname_for(self.server, stream.sockname)))
+        except SmtpError as exc:
+            if _polite_quit(session, exc):  # e.g. AUTH refused: the session itself is sound
+                with contextlib.suppress(SmtpError):
+                    self._run(session.quit())
+            self._discard()
+            raise
         except BaseException:
             self._discard()
             raise
@@ -144,6 +150,11 @@ class Client(_Base):
                 try:
                     if isinstance(op, Send):
                         stream.send(op.data, op.stage)
+                    elif isinstance(op, Receive) and op.poll:
+                        try:
+                            value = stream.receive(op.stage, 0.0)
+                        except SmtpTimeout:
+                            value = b""  # nothing arrived while idle: the usual case
                     elif isinstance(op, Receive):
                         value = stream.receive(op.stage, self._receive_timeout(op))
                     elif isinstance(op, StartTls):
@@ -235,10 +246,16 @@ class AsyncClient(_Base):
         if self._session is not None:
             return
         stream = await AsyncStream.connect(self.server)
-        session = Session(self.server, clock=time.monotonic)
+        session = Session(self.server, clock=time.monotonic, tls_info=stream.tls_info)
         self._stream, self._session = stream, session
         try:
             await self._run(session.open(local_hostname_for(self.server, stream.sockname)))
+        except SmtpError as exc:
+            if _polite_quit(session, exc):
+                with contextlib.suppress(SmtpError):
+                    await self._run(session.quit())
+            self._discard()
+            raise
         except BaseException:
             self._discard()
             raise
@@ -259,6 +276,11 @@ class AsyncClient(_Base):
                 try:
                     if isinstance(op, Send):
                         await stream.send(op.data, op.stage)
+                    elif isinstance(op, Receive) and op.poll:
+                        try:
+                            value = await stream.receive(op.stage, 0.0)
+                        except SmtpTimeout:
+                            value = b""  # nothing arrived while idle: the usual case
                     elif isinstance(op, Receive):
                         value = await stream.receive(op.stage, self._receive_timeout(op))
                     elif isinstance(op, StartTls):
@@ -322,6 +344,17 @@ class AsyncClient(_Base):
         if self._stream is not None:
             self._stream.close()
         self._stream, self._session = None, None
+
+
+def _polite_quit(session: Session, exc: SmtpError) -> bool:
+    """Whether a failed opening still deserves a QUIT: only after AUTH was refused.
+
+    A refused greeting already said QUIT, and a TLS failure must send nothing
+    more on a connection that may be under attack.
+    """
+    return (
+        isinstance(exc, AuthError) and not session.broken and session.core.state.value != "closed"
+    )
 
 
 def _current_exception() -> BaseException | None:

@@ -81,7 +81,7 @@ def validate_addr_spec(address: str) -> ValidatedEmail:
     options: dict[str, Any] = {
         "check_deliverability": False,
         "allow_smtputf8": True,
-        "allow_quoted_local": True,
+        "allow_quoted_local": False,  # legal, but mishandled widely: refuse, never guess
         "allow_domain_literal": True,
         "globally_deliverable": False,
         "test_environment": True,

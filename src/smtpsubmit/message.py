@@ -36,9 +36,8 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import IO, Any, BinaryIO, cast
 
-from email_validator import EmailNotValidError, validate_email
-
 from smtpsubmit import mime
+from smtpsubmit.envelope import validate_addr_spec
 from smtpsubmit.errors import ExtensionUnavailable, MessageError
 
 __all__ = ["Attachment", "Encoding", "Message", "PreparedMessage"]
@@ -162,9 +161,7 @@ def _parse_address_header(value: str) -> tuple[Any, list[email.errors.MessageDef
         header = _HEADER_FACTORY("To", value)
     except Exception as exc:
         raise MessageError(f"{value!r} cannot be parsed as an address") from exc
-    defects = [
-        d for d in header.defects if not isinstance(d, email.errors.NonASCIILocalPartDefect)
-    ]
+    defects = [d for d in header.defects if not isinstance(d, email.errors.NonASCIILocalPartDefect)]
     return header, defects
 
 
@@ -189,11 +186,9 @@ def _parse_address(text: str, what: str, *, check_name: bool = True) -> _Address
 
 def _validated(display_name: str, spec: str, what: str) -> _Address:
     try:
-        valid = validate_email(
-            spec, check_deliverability=False, allow_smtputf8=True, test_environment=True
-        )
-    except EmailNotValidError as exc:
-        raise MessageError(f"{what}: invalid address {spec!r}: {exc}") from exc
+        valid = validate_addr_spec(spec)  # the one address check, shared with the envelope
+    except MessageError as exc:
+        raise MessageError(f"{what}: {exc}") from exc
     written = spec.rpartition("@")[2]
     if written.isascii():  # keep the caller's spelling (and case) of an ASCII domain
         return _Address(display_name, valid.local_part, written, written)
@@ -570,6 +565,8 @@ class PreparedMessage:
 
     def iter_bytes(self, chunk_size: int = 65536) -> Iterator[bytes]:
         """The message in chunks of exactly *chunk_size* octets (the last may be shorter)."""
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
         return mime.rechunk(
             (chunk for segment in self._segments for chunk in segment.chunks()), chunk_size
         )
@@ -958,7 +955,8 @@ class _Ready(_Source):
     def _message_id(self, kept: list[bytes]) -> str:
         value = self._first("message-id")
         if value is not None:
-            return value[1:-1] if value.startswith("<") and value.endswith(">") else value
+            inner = value.partition("<")[2].partition(">")[0]
+            return inner or value
         message_id = _new_message_id(self.sender.ascii_domain)
         kept.append(f"Message-ID: <{message_id}>\r\n".encode())
         return message_id

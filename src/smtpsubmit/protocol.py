@@ -310,6 +310,9 @@ class SmtpProtocol:
             for line in _loggable_reply(reply):
                 transcript.debug("S: %s", line)
         if not self._waiting:
+            if reply.code == 421:  # a server may close an idle session (RFC 5321 3.8)
+                self.state = self._projected = State.CLOSED
+                return reply
             raise ProtocolError(f"unexpected reply with no command waiting: {reply}")
         command = self._waiting.popleft()
         self._advance(command, reply)

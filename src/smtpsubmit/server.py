@@ -153,7 +153,11 @@ class Server:
         if self.proxy is None:
             return
         parts = urlsplit(self.proxy)
-        if parts.scheme.lower() not in _PROXY_SCHEMES or not parts.hostname:
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme.lower() not in _PROXY_SCHEMES or not parts.hostname or not port:
             raise ValueError(
                 "Server.proxy must be a URL such as socks5://user:pass@host:1080, "
                 "socks4://host:1080 or http://host:3128"
@@ -320,7 +324,7 @@ class Server:
         host = f"[{self.host}]" if ":" in self.host else self.host
         port = self.port or (25 if scheme == "smtp+starttls" else 0)
         netloc = f"{userinfo}{host}" + (f":{port}" if port else "")
-        query = _query_string(self, opts)
+        query = _query_string(self, opts, include_password)
         return f"{scheme}://{netloc}" + (f"?{query}" if query else "")
 
 
@@ -349,7 +353,7 @@ def _query_value(key: str, value: str) -> dict[str, Any]:
     raise ValueError(f"unknown URL parameter {key!r}")
 
 
-def _query_string(server: Server, opts: Option) -> str:
+def _query_string(server: Server, opts: Option, include_password: bool) -> str:
     query: list[tuple[str, str]] = []
     if server.timeout:
         query.append(("timeout", f"{server.timeout:g}"))
@@ -365,6 +369,8 @@ def _query_string(server: Server, opts: Option) -> str:
         "client_key",
     ):
         value = getattr(server, name)
+        if name == "proxy" and value and not include_password:
+            value = _strip_password(value)
         if value:
             query.append((name, value))
     if server.auth_mechanisms:
@@ -374,6 +380,15 @@ def _query_string(server: Server, opts: Option) -> str:
     if server.allow_plaintext_auth:
         query.append(("allow_plaintext_auth", "true"))
     return urlencode(query, safe=",/:@")
+
+
+def _strip_password(url: str) -> str:
+    """The URL without its password (the user name stays)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, host = parts.netloc.rsplit("@", 1)
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}").geturl()
 
 
 def _mask_url(url: str) -> str:

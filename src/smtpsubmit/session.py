@@ -74,10 +74,15 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Receive:
-    """Read what the server sent next; ``new_reply`` starts a reply deadline."""
+    """Read what the server sent next; ``new_reply`` starts a reply deadline.
+
+    ``poll``: return only what has already arrived (``b""`` when nothing has),
+    without waiting; used before a command on an idle connection.
+    """
 
     stage: str
     new_reply: bool = True
+    poll: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +104,20 @@ class Session:
     and the driver must close the socket rather than reuse it.
     """
 
-    def __init__(self, server: Server, clock: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(
+        self,
+        server: Server,
+        clock: Callable[[], float] = lambda: 0.0,
+        *,
+        tls_info: Any = None,
+    ) -> None:
+        """``tls_info`` is given when the transport already runs TLS (implicit TLS)."""
         self.server = server
         self.core = SmtpProtocol()
         self.capabilities = Capabilities()
         self.esmtp = False
-        self.is_tls = False
-        self.tls_info: Any = None
+        self.is_tls = tls_info is not None
+        self.tls_info: Any = tls_info
         self.greeting: Reply | None = None
         self.broken = False
         self.needs_reset = False
@@ -134,8 +146,40 @@ class Session:
             self.core.receive_data(data)
 
     def _command(self, command: Command) -> Flow[Reply]:
+        self._check_unsolicited(command.stage)
         yield Send(self.core.send(command), command.stage)
         return (yield from self._reply(command.stage))
+
+    def _check_unsolicited(self, stage: str) -> None:
+        """Refuse bytes the server sent while no command was waiting (catalogue S7).
+
+        Taken as the answer to the next command they would shift every later
+        reply by one. A 421 is the server closing an idle session (RFC 5321
+        §3.8): ServerDisconnected; anything else is a ProtocolError.
+        """
+        if self.core.waiting or not self.core.has_buffered:
+            return
+        self.broken = True
+        try:
+            reply = self.core.next_reply()
+        except ProtocolError as exc:
+            exc.stage = exc.stage or stage
+            raise
+        if reply is not None and reply.code == 421:
+            raise ServerDisconnected(
+                "the server closed the idle session", reply=reply, stage=stage
+            )
+        raise ProtocolError(
+            "the server sent data while no command was waiting for a reply", stage=stage
+        )
+
+    def _idle_check(self, stage: str) -> Flow[None]:
+        """Before the first command after an idle period: read what arrived meanwhile."""
+        if not self.core.waiting and not self.core.has_buffered:
+            data = yield Receive(stage, poll=True)
+            if data:
+                self.core.receive_data(data)
+        self._check_unsolicited(stage)
 
     def _guard(self, flow: Flow[T]) -> Flow[T]:
         """Mark the session broken when a network-level failure passes through."""
@@ -188,8 +232,6 @@ class Session:
 
     def _maybe_starttls(self, name: str) -> Flow[None]:
         opts = self.server.effective_options
-        if Option.SECURE_IMPLICIT in opts:
-            self.is_tls = True  # the transport finished the handshake before the greeting
         if self.is_tls or not opts & (Option.SECURE | Option.SECURE_OPTIONAL):
             return
         offered = "STARTTLS" in self.capabilities
@@ -285,8 +327,9 @@ class Session:
         rewindable: bool,
     ) -> Flow[SubmitResult]:
         self.check_envelope(envelope)
+        yield from self._idle_check("mail")
         if self.needs_reset or self.core.state is not State.READY:
-            yield from self.reset()
+            yield from self._rset()
         result = yield from self._transaction(envelope, envelope.recipients, source(), progress)
         deferred = [
             r for r in envelope.recipients if r not in result.accepted and r not in result.refused
@@ -385,6 +428,7 @@ class Session:
         self.needs_reset = True  # until the transaction ends cleanly
         if "PIPELINING" in self.capabilities:
             batch = [mail, *rcpts] + ([] if chunking else [Command("DATA", "", "data")])
+            self._check_unsolicited("mail")
             yield Send(b"".join(self.core.send(c) for c in batch), "mail")
             replies = []
             for command in batch:
@@ -527,6 +571,10 @@ class Session:
     # -- other commands -------------------------------------------------------------
 
     def reset(self) -> Flow[Reply]:
+        """RSET, as the caller asks for it (after an idle period)."""
+        return self._guard(self._after_idle("mail", self._rset()))
+
+    def _rset(self) -> Flow[Reply]:
         reply = yield from self._command(Command("RSET", "", "mail"))
         if not reply.is_positive:
             self.broken = True
@@ -537,13 +585,17 @@ class Session:
     def _reset_after_failure(self) -> Flow[None]:
         """RSET so the connection can be reused; if even that fails, it cannot be."""
         try:
-            yield from self.reset()
+            yield from self._rset()
         except SmtpError:
             self.broken = True
 
     def simple(self, verb: str, argument: str = "", stage: str = "mail") -> Flow[Reply]:
         """NOOP, VRFY, EXPN, HELP: one command, one reply, returned as it is."""
-        return self._guard(self._command(Command(verb, argument, stage)))
+        return self._guard(self._after_idle(stage, self._command(Command(verb, argument, stage))))
+
+    def _after_idle(self, stage: str, flow: Flow[T]) -> Flow[T]:
+        yield from self._idle_check(stage)
+        return (yield from flow)
 
     def quit(self) -> Flow[Reply]:
         reply = yield from self._command(Command("QUIT", "", "quit"))

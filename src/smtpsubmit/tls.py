@@ -2,8 +2,8 @@
 ``ssl`` failures into a :class:`TlsError` that says what failed and which
 option changes it.
 
-Verification is on by default (system trust store plus ``ca_file`` /
-``ca_path``), the name checked is ``tls_server_name`` (default: ``host``) and
+Verification is on by default (the system trust store, or only ``ca_file`` /
+``ca_path`` when either is given), the name checked is ``tls_server_name`` (default: ``host``) and
 the floor is TLS 1.2. ``Option.TRUSTEDSITE`` turns off the chain and name
 checks and nothing else.
 """
@@ -131,6 +131,4 @@ class TlsInfo:
             der = obj.getpeercert(binary_form=True)
         except ValueError:
             cert, der = None, None
-        return cls(
-            obj.version(), cipher[0] if cipher else None, dict(cert) if cert else None, der
-        )
+        return cls(obj.version(), cipher[0] if cipher else None, dict(cert) if cert else None, der)

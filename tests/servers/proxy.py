@@ -13,8 +13,9 @@ ephemeral port; ``start()`` / ``stop()`` (or use it as a context manager). Kinds
 ``refuse=True`` makes every request fail the way the protocol says (SOCKS5 reply 0x05
 "connection refused", SOCKS4 0x5B, HTTP 403), after the handshake and authentication.
 ``coalesce=True`` (HTTP) waits for the server's first bytes (an SMTP greeting) and sends them
-in the same segment as the ``200`` reply, as a busy proxy may. ``resolve`` maps host names to addresses the proxy connects to instead (the proxy resolves
-names, as a remote proxy would; ``mx.fixture.test`` -> ``127.0.0.1`` by default).
+in the same segment as the ``200`` reply, as a busy proxy may. ``resolve`` maps host names to
+addresses the proxy connects to instead (the proxy resolves names, as a remote proxy would;
+``mx.fixture.test`` -> ``127.0.0.1`` by default).
 
 Records: ``connections`` (accepted client connections), ``targets`` (``(host, port)`` as the
 client asked for them, host a ``str``: an IP literal or a name), ``auth_failures`` and
@@ -22,7 +23,8 @@ client asked for them, host a ``str``: an IP literal or a name), ``auth_failures
 connection ends when either side closes; ``stop()`` ends everything within about a second.
 
 Fixture: ``proxy_factory`` -> ``make(kind, **kwargs) -> started TestProxy``; all are stopped at
-teardown. Import it into a test module: ``from tests.servers.proxy import proxy_factory``.
+teardown (load this module as a pytest plugin). ``proxy_pool()`` is the same as a context
+manager, for a module that defines its own fixture.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
-__all__ = ["TestProxy", "proxy_factory"]
+__all__ = ["TestProxy", "proxy_factory", "proxy_pool"]
 
 KINDS = ("socks5", "socks4", "http")
 _IO_TIMEOUT = 5.0
@@ -360,11 +362,11 @@ def _recv_until_nul(sock: socket.socket, limit: int = 512) -> bytes:
             raise ValueError("SOCKS4 field too long")
 
 
-@pytest.fixture
-def proxy_factory() -> Iterator[Callable[..., TestProxy]]:
-    """``make(kind, **kwargs) -> started TestProxy``; stopped at teardown.
+@contextlib.contextmanager
+def proxy_pool() -> Iterator[Callable[..., TestProxy]]:
+    """``with proxy_pool() as make:`` -> ``make(kind, **kwargs) -> started TestProxy``.
 
-    The test fails at teardown if a proxy recorded an unexpected error.
+    Every proxy is stopped on exit; a proxy that recorded an unexpected error fails the test.
     """
     made: list[TestProxy] = []
 
@@ -381,3 +383,10 @@ def proxy_factory() -> Iterator[Callable[..., TestProxy]]:
             problems.append(f"{proxy!r}: " + "; ".join(proxy.errors))
     if problems:
         pytest.fail("proxy errors:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[Callable[..., TestProxy]]:
+    """``make(kind, **kwargs) -> started TestProxy``; stopped at teardown (see proxy_pool)."""
+    with proxy_pool() as make:
+        yield make
