@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 CLI_STAMP := $(VENV)/.installed-cli
 
-.PHONY: demo test check lint types pytest system-deps fuzz bench clean
+.PHONY: demo test lint types docs pytest system-deps fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,16 +29,19 @@ system-deps:
 	else sudo bash scripts/install-system-deps.sh; fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 types: $(STAMP)
 	$(BIN)/mypy
 
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet -d site
+
 pytest: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test: system-deps lint types pytest
+test: system-deps lint types docs pytest
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench

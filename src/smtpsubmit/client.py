@@ -74,6 +74,28 @@ class _Base:
             )
         return self._session
 
+    def _send_flow(
+        self,
+        message: MessageInput,
+        *,
+        sender: str | None,
+        recipients: Iterable[str] | None,
+        dsn: DSN | None,
+        progress: ProgressCallback | None,
+        require_tls: bool,
+    ) -> Flow[SubmitResult]:
+        """The session flow that sends one message (both drivers run it)."""
+        session = self._require_session()
+        envelope, source, rewindable = prepare_submission(
+            message,
+            session,
+            sender=sender,
+            recipients=recipients,
+            dsn=dsn,
+            require_tls=require_tls,
+        )
+        return session.send_message(envelope, source, progress, rewindable=rewindable)
+
     def _receive_timeout(self, op: Receive) -> float:
         """Each reply must complete within the timeout, however slowly it trickles."""
         now = time.monotonic()
@@ -180,16 +202,16 @@ class Client(_Base):
         require_tls: bool = False,
     ) -> SubmitResult:
         """Send one message on this connection; see :func:`smtpsubmit.submit_message`."""
-        session = self._require_session()
-        envelope, source, rewindable = prepare_submission(
-            message,
-            session,
-            sender=sender,
-            recipients=recipients,
-            dsn=dsn,
-            require_tls=require_tls,
+        return self._run(
+            self._send_flow(
+                message,
+                sender=sender,
+                recipients=recipients,
+                dsn=dsn,
+                progress=progress,
+                require_tls=require_tls,
+            )
         )
-        return self._run(session.send_message(envelope, source, progress, rewindable=rewindable))
 
     def verify(self, address: str) -> Reply:
         """VRFY: the server's reply as it is (252 means "cannot verify, will try")."""
@@ -305,17 +327,16 @@ class AsyncClient(_Base):
         progress: ProgressCallback | None = None,
         require_tls: bool = False,
     ) -> SubmitResult:
-        session = self._require_session()
-        envelope, source, rewindable = prepare_submission(
-            message,
-            session,
-            sender=sender,
-            recipients=recipients,
-            dsn=dsn,
-            require_tls=require_tls,
-        )
+        """Send one message on this connection; see :func:`smtpsubmit.asubmit_message`."""
         return await self._run(
-            session.send_message(envelope, source, progress, rewindable=rewindable)
+            self._send_flow(
+                message,
+                sender=sender,
+                recipients=recipients,
+                dsn=dsn,
+                progress=progress,
+                require_tls=require_tls,
+            )
         )
 
     async def verify(self, address: str) -> Reply:

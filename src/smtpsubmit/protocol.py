@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from smtpsubmit.errors import ProtocolError
+from smtpsubmit.errors import MessageError, ProtocolError
 from smtpsubmit.reply import Reply
 
 __all__ = [
@@ -73,9 +73,12 @@ class State(enum.Enum):
 
 
 def check_argument(value: str, what: str = "command argument") -> str:
-    """Refuse control characters: they could end a command and start another."""
+    """Refuse control characters: they could end a command and start another.
+
+    The error is a :class:`MessageError` (a ``ValueError``): it is bad input.
+    """
     if _CONTROL.search(value):
-        raise ValueError(f"{what} contains a control character (CR, LF, NUL, ...): {value!r}")
+        raise MessageError(f"{what} contains a control character (CR, LF, NUL, ...): {value!r}")
     return value
 
 

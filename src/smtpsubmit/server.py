@@ -220,7 +220,9 @@ class Server:
         """PLAIN/LOGIN on an unprotected connection: only when asked, or on loopback."""
         if self.allow_plaintext_auth:
             return True
-        return is_loopback_host(self.host) and Option.TUNNEL not in self.options
+        # Through a proxy, "127.0.0.1" is the proxy's loopback: the password crosses a network.
+        tunnelled = Option.TUNNEL in self.options or self.proxy is not None
+        return is_loopback_host(self.host) and not tunnelled
 
     def __repr__(self) -> str:
         parts = [f"host={self.host!r}"]
@@ -328,26 +330,34 @@ class Server:
         return f"{scheme}://{netloc}" + (f"?{query}" if query else "")
 
 
+# Keyword extras that travel in a URL query as plain text.
+_URL_TEXT_FIELDS = (
+    "local_hostname",
+    "proxy",
+    "ca_file",
+    "ca_path",
+    "tls_server_name",
+    "client_cert",
+    "client_key",
+)
+
+
+def _split_names(value: str) -> list[str]:
+    return [v for v in value.replace("|", ",").split(",") if v]
+
+
 def _query_value(key: str, value: str) -> dict[str, Any]:
     key = key.strip().lower()
     if key == "timeout":
         return {"timeout": float(value)}
     if key == "options":
         return {"options": Option.parse(value)}
-    if key in (
-        "local_hostname",
-        "proxy",
-        "ca_file",
-        "ca_path",
-        "tls_server_name",
-        "client_cert",
-        "client_key",
-    ):
+    if key in _URL_TEXT_FIELDS:
         return {key: value}
     if key == "auth_mechanisms":
-        return {key: tuple(v for v in value.replace("|", ",").split(",") if v)}
+        return {key: tuple(_split_names(value))}
     if key == "disable_extensions":
-        return {key: frozenset(v for v in value.replace("|", ",").split(",") if v)}
+        return {key: frozenset(_split_names(value))}
     if key == "allow_plaintext_auth":
         return {key: value.lower() in ("1", "true", "yes", "on")}
     raise ValueError(f"unknown URL parameter {key!r}")
@@ -359,15 +369,7 @@ def _query_string(server: Server, opts: Option, include_password: bool) -> str:
         query.append(("timeout", f"{server.timeout:g}"))
     if opts:
         query.append(("options", ",".join(opts.names())))
-    for name in (
-        "local_hostname",
-        "proxy",
-        "ca_file",
-        "ca_path",
-        "tls_server_name",
-        "client_cert",
-        "client_key",
-    ):
+    for name in _URL_TEXT_FIELDS:
         value = getattr(server, name)
         if name == "proxy" and value and not include_password:
             value = _strip_password(value)

@@ -47,6 +47,7 @@ from smtpsubmit.protocol import (
     SmtpProtocol,
     State,
     UsageError,
+    check_argument,
     xtext,
 )
 from smtpsubmit.reply import Reply
@@ -166,9 +167,7 @@ class Session:
             exc.stage = exc.stage or stage
             raise
         if reply is not None and reply.code == 421:
-            raise ServerDisconnected(
-                "the server closed the idle session", reply=reply, stage=stage
-            )
+            raise ServerDisconnected("the server closed the idle session", reply=reply, stage=stage)
         raise ProtocolError(
             "the server sent data while no command was waiting for a reply", stage=stage
         )
@@ -331,11 +330,22 @@ class Session:
         if self.needs_reset or self.core.state is not State.READY:
             yield from self._rset()
         result = yield from self._transaction(envelope, envelope.recipients, source(), progress)
-        deferred = [
-            r for r in envelope.recipients if r not in result.accepted and r not in result.refused
-        ]
+        done = {*result.accepted, *result.refused}
+        deferred = [r for r in envelope.recipients if r not in done]
+        limit = max(len(result.accepted), 1)  # the server's per-transaction limit, as seen
         while deferred and rewindable:
-            more = yield from self._transaction(envelope, deferred, source(), progress)
+            try:
+                more = yield from self._transaction(
+                    envelope, deferred[:limit], source(), progress
+                )
+            except (RecipientsRefused, SenderRefused, DataRefused) as exc:
+                # The message already went to the accepted recipients: report the rest
+                # as refused rather than raise, which would invite a duplicating retry.
+                refused = getattr(exc, "refused", {})
+                for rcpt in deferred[:limit]:
+                    result.refused[rcpt] = refused.get(rcpt, exc.reply or Reply(451, str(exc)))
+                deferred = deferred[limit:]
+                break
             result = SubmitResult(
                 result.message_id,
                 result.sender,
@@ -344,7 +354,8 @@ class Session:
                 more.reply,
                 result.size,
             )
-            deferred = [r for r in deferred if r not in more.accepted and r not in more.refused]
+            done = {*more.accepted, *more.refused}
+            deferred = [r for r in deferred if r not in done]
         for rcpt in deferred:
             result.refused[rcpt] = Reply(452, "too many recipients; not retried", "4.5.3")
         return result
@@ -591,6 +602,7 @@ class Session:
 
     def simple(self, verb: str, argument: str = "", stage: str = "mail") -> Flow[Reply]:
         """NOOP, VRFY, EXPN, HELP: one command, one reply, returned as it is."""
+        check_argument(argument, f"{verb} argument")  # bad input fails before any I/O
         return self._guard(self._after_idle(stage, self._command(Command(verb, argument, stage))))
 
     def _after_idle(self, stage: str, flow: Flow[T]) -> Flow[T]:

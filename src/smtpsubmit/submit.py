@@ -179,9 +179,11 @@ def _prepare_composed(
 ) -> tuple[Envelope, Source, bool]:
     smtputf8 = bool(message.needs_smtputf8())
     if smtputf8 and "SMTPUTF8" not in caps:
+        esmtp_off = not caps.keywords
         raise ExtensionUnavailable(
             "the message has a non-ASCII address, which needs SMTPUTF8; the server does not "
-            "offer it",
+            "offer it"
+            + (" (no ESMTP extensions in use: set Option.EXTENDED)" if esmtp_off else ""),
             extension="SMTPUTF8",
             stage="mail",
         )

@@ -2,8 +2,8 @@
 ``ssl`` failures into a :class:`TlsError` that says what failed and which
 option changes it.
 
-Verification is on by default (the system trust store, or only ``ca_file`` /
-``ca_path`` when either is given), the name checked is ``tls_server_name`` (default: ``host``) and
+Verification is on by default (the system trust store plus ``ca_file`` /
+``ca_path``), the name checked is ``tls_server_name`` (default: ``host``) and
 the floor is TLS 1.2. ``Option.TRUSTEDSITE`` turns off the chain and name
 checks and nothing else.
 """
@@ -22,8 +22,10 @@ __all__ = ["TlsInfo", "describe_tls_error", "make_ssl_context"]
 
 def make_ssl_context(server: Server) -> ssl.SSLContext:
     """The client context for ``server``: verified, TLS ≥ 1.2, optional client cert."""
+    context = ssl.create_default_context()  # the system trust store ...
     try:
-        context = ssl.create_default_context(cafile=server.ca_file, capath=server.ca_path)
+        if server.ca_file or server.ca_path:  # ... plus the caller's CAs, never instead of it
+            context.load_verify_locations(cafile=server.ca_file, capath=server.ca_path)
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(
             f"cannot load the CA certificates (ca_file={server.ca_file!r}, "
