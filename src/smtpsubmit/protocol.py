@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 transcript = logging.getLogger("smtpsubmit.transcript")
+log = logging.getLogger("smtpsubmit")
 
 MAX_LINE = 4096
 MAX_LINES = 100
@@ -312,6 +313,13 @@ class SmtpProtocol:
         if transcript.isEnabledFor(logging.DEBUG):
             for line in _loggable_reply(reply):
                 transcript.debug("S: %s", line)
+        if reply.enhanced and reply.enhanced[0] != str(reply.code)[0]:
+            log.warning(  # RFC 3463 §2: the basic code wins, which is how it is classified
+                "reply %d has the enhanced code %s of another class; classified by %d",
+                reply.code,
+                reply.enhanced,
+                reply.code,
+            )
         if not self._waiting:
             if reply.code == 421:  # a server may close an idle session (RFC 5321 3.8)
                 self.state = self._projected = State.CLOSED
