@@ -340,11 +340,11 @@ def check_targets(bench: Bench, rows: list[dict[str, Any]]) -> list[dict[str, An
             continue
         if what == "ratio":
             value = ratio(bench.runs, name, client, against)
-            text = f"{name}: {LABELS[client]} >= {goal:g}x {LABELS[against]}"
+            text = f"{name}: {label(name, client)} >= {goal:g}x {label(name, against)}"
         else:
             row = next((r for r in rows if r["workload"] == name and r["client"] == client), None)
             value = row["peak_rss_mib"] if row else None
-            text = f"{name}: {LABELS[client]} peak RSS <= {goal:g} MiB"
+            text = f"{name}: {label(name, client)} peak RSS <= {goal:g} MiB"
         met = None if value is None else (value >= goal if what == "ratio" else value <= goal)
         out.append({"target": text, "value": value, "goal": goal, "what": what, "met": met})
     return out
@@ -376,7 +376,8 @@ def markdown(bench: Bench, meta: dict[str, Any], rows: list[dict[str, Any]], tar
         f"`python -m bench {' '.join(meta['argv'])}` — {meta['rounds']} round(s)"
         f"{' (quick mode: smaller workloads)' if meta['quick'] else ''}; "
         f"{meta['cpu']} ({meta['cpus']} CPUs), Python {meta['python']}, "
-        f"smtpsubmit {meta['smtpsubmit']}, aiosmtplib {meta['aiosmtplib']}, "
+        f"smtpsubmit {meta['smtpsubmit']} (commit {meta.get('commit', 'unknown')}, plus "
+        f"uncommitted changes if any), aiosmtplib {meta['aiosmtplib']}, "
         f"Postfix {meta['postfix']}.",
         "",
         "Throughput is the median over rounds; *vs smtplib* is the median of the ratios "
@@ -422,6 +423,15 @@ def markdown(bench: Bench, meta: dict[str, Any], rows: list[dict[str, Any]], tar
     return "\n".join(lines) + "\n"
 
 
+def report(path: Path) -> str:
+    """The Markdown table of a saved run (its JSON file), recomputed from the raw runs."""
+    raw = json.loads(path.read_text())
+    bench = Bench.__new__(Bench)
+    bench.specs, bench.runs, bench.skipped = raw["workloads"], raw["runs"], raw["skipped"]
+    rows = summarize(bench)
+    return markdown(bench, raw["meta"], rows, check_targets(bench, rows))
+
+
 def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     import importlib.metadata as md
 
@@ -447,8 +457,20 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         postfix = "unknown"
+    try:  # read-only: which library version was measured
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            cwd=ROOT,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
     return {
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "commit": commit or "unknown",
         "argv": argv,
         "rounds": args.rounds,
         "quick": args.quick,
@@ -490,6 +512,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--clients", help="comma-separated clients to run (default: all)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no files")
+    parser.add_argument(
+        "--report", type=Path, metavar="JSON", help="print the table of a saved run and exit"
+    )
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
@@ -513,6 +538,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.report:
+        print(report(args.report), end="")
+        return 0
     meta = environment(args, argv)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="smtpsubmit-bench-") as tmp, _sigterm_as_exit():

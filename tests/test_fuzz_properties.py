@@ -157,7 +157,7 @@ def test_capabilities_round_trip(advertised: dict[str, str]) -> None:
     lines = [f"{k} {v}".strip() for k, v in advertised.items()]
     caps = Capabilities.parse(Reply(250, "\n".join(["mx.example", *lines])))
     assert set(caps.keywords) >= {k.upper() for k in advertised}
-    for key, value in advertised.items():
+    for key in advertised:
         assert key in caps
         if key.upper() != "AUTH":
             # A later duplicate with other case wins; compare with the last one written.
@@ -167,9 +167,10 @@ def test_capabilities_round_trip(advertised: dict[str, str]) -> None:
 
 # --------------------------------------------------------------------------- addresses
 
-address_like = st.text(
-    st.sampled_from('abcXYZ09.-_+@"()<>[]\\,;: \t\r\n\x00\x7féü\u202e'), max_size=40
-) | st.emails()
+address_like = (
+    st.text(st.sampled_from('abcXYZ09.-_+@"()<>[]\\,;: \t\r\n\x00\x7féü\u202e'), max_size=40)
+    | st.emails()
+)
 
 
 @SETTINGS
@@ -272,7 +273,7 @@ ready_line = st.text(
 def test_ready_messages_are_refused_or_wire_clean_without_bcc(
     headers: list[tuple[str, str]], body: list[str], newline: str
 ) -> None:
-    head = [f"From: a@example.org", "To: b@example.org", *(f"{k}: {v}" for k, v in headers)]
+    head = ["From: a@example.org", "To: b@example.org", *(f"{k}: {v}" for k, v in headers)]
     raw = (newline.join(head) + newline + newline + newline.join(body)).encode()
     try:
         message = Message.from_bytes(raw)

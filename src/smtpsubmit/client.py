@@ -173,10 +173,7 @@ class Client(_Base):
                     if isinstance(op, Send):
                         stream.send(op.data, op.stage)
                     elif isinstance(op, Receive) and op.poll:
-                        try:
-                            value = stream.receive(op.stage, 0.0)
-                        except SmtpTimeout:
-                            value = b""  # nothing arrived while idle: the usual case
+                        value = stream.poll(op.stage)
                     elif isinstance(op, Receive):
                         value = stream.receive(op.stage, self._receive_timeout(op))
                     elif isinstance(op, StartTls):
@@ -299,10 +296,7 @@ class AsyncClient(_Base):
                     if isinstance(op, Send):
                         await stream.send(op.data, op.stage)
                     elif isinstance(op, Receive) and op.poll:
-                        try:
-                            value = await stream.receive(op.stage, 0.0)
-                        except SmtpTimeout:
-                            value = b""  # nothing arrived while idle: the usual case
+                        value = await stream.poll(op.stage)
                     elif isinstance(op, Receive):
                         value = await stream.receive(op.stage, self._receive_timeout(op))
                     elif isinstance(op, StartTls):

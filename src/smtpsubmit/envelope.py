@@ -7,6 +7,7 @@ ready one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,11 @@ def check_envelope_address(address: str, *, sender: bool = False) -> tuple[str, 
     """
     if not isinstance(address, str):
         raise MessageError(f"an envelope address must be a string, not {type(address).__name__}")
+    return _check_address(address, sender)
+
+
+@functools.lru_cache(maxsize=4096)  # bulk senders repeat addresses; the answer is immutable
+def _check_address(address: str, sender: bool) -> tuple[str, bool]:
     try:
         check_argument(address, "envelope address")
     except ValueError as exc:

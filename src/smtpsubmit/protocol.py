@@ -401,7 +401,11 @@ class LineEndingNormalizer:
             data, self._carry = data[:-1], b"\r"
         if not data:
             return b""
-        out = self._BREAK.sub(b"\r\n", data)
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") == crlf and data.count(b"\r") == crlf:  # already canonical
+            out = data
+        else:
+            out = self._BREAK.sub(b"\r\n", data)
         self.ends_with_crlf = out.endswith(b"\r\n")
         return out
 

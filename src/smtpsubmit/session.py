@@ -335,9 +335,7 @@ class Session:
         limit = max(len(result.accepted), 1)  # the server's per-transaction limit, as seen
         while deferred and rewindable:
             try:
-                more = yield from self._transaction(
-                    envelope, deferred[:limit], source(), progress
-                )
+                more = yield from self._transaction(envelope, deferred[:limit], source(), progress)
             except (RecipientsRefused, SenderRefused, DataRefused) as exc:
                 # The message already went to the accepted recipients: report the rest
                 # as refused rather than raise, which would invite a duplicating retry.

@@ -228,6 +228,23 @@ class SyncStream:
         except (OSError, ValueError) as exc:
             raise _io_error(exc, stage, "while sending", self._server) from None
 
+    def poll(self, stage: str) -> bytes:
+        """What the server sent while we were idle, without waiting: ``b""`` if nothing.
+
+        A non-blocking read, not ``select``: on TLS a readable socket may hold only a
+        session ticket, and a blocking read would then wait for the full timeout.
+        """
+        try:
+            self._sock.settimeout(0.0)
+            data = self._sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return b""
+        except (OSError, ValueError) as exc:
+            raise _io_error(exc, stage, "while the session was idle", self._server) from None
+        if not data:
+            raise ServerDisconnected("the server closed the idle connection", stage=stage)
+        return data
+
     def receive(self, stage: str, timeout: float) -> bytes:
         try:
             self._sock.settimeout(max(timeout, 0.001))
@@ -312,6 +329,13 @@ class AsyncStream:
                 await self._writer.drain()
         except (OSError, ValueError, RuntimeError) as exc:
             raise _io_error(exc, stage, "while sending", self._server) from None
+
+    async def poll(self, stage: str) -> bytes:
+        """What the server sent while we were idle, without waiting: ``b""`` if nothing."""
+        if not getattr(self._reader, "_buffer", b"") and not self._reader.at_eof():
+            return b""
+        data = await self.receive(stage, self._server.effective_timeout)
+        return data
 
     async def receive(self, stage: str, timeout: float) -> bytes:
         try:
