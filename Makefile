@@ -1,6 +1,7 @@
 # Two entry points, each setting itself up on a fresh machine:
 #   make demo   — create .venv, install smtpsubmit with its CLI extra, run `smtpsubmit demo`
-#   make test   — system packages for the real-server fixtures, dev install, lint, types, tests
+#   make test   — system packages for the real-server fixtures, dev install, lint, types, docs,
+#                 the whole suite, then a 60 s fuzzing run
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,8 +30,8 @@ system-deps:
 	else sudo bash scripts/install-system-deps.sh; fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples fuzz
+	$(BIN)/ruff format --check src tests bench examples fuzz
 
 types: $(STAMP)
 	$(BIN)/mypy
@@ -41,7 +42,10 @@ docs: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test: system-deps lint types docs pytest
+test: system-deps lint types docs pytest fuzz
+
+fuzz: $(STAMP)
+	$(BIN)/python -m fuzz --seconds 60
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench
