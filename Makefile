@@ -1,7 +1,7 @@
 # Two entry points, each setting itself up on a fresh machine:
 #   make demo   — create .venv, install smtpsubmit with its CLI extra, run `smtpsubmit demo`
 #   make test   — system packages for the real-server fixtures, dev install, lint, types, docs,
-#                 the whole suite, then a 60 s fuzzing run
+#                 a 60 s fuzzing run, then the whole suite (its summary is the last line)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -42,7 +42,7 @@ docs: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test: system-deps lint types docs pytest fuzz
+test: system-deps lint types docs fuzz pytest
 
 fuzz: $(STAMP)
 	$(BIN)/python -m fuzz --seconds 60
