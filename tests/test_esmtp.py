@@ -293,3 +293,19 @@ def test_connection_closed_while_idle_is_reported_not_lost(driver: Any, fake_smt
     assert results[0].reply.code == 250
     error = results[1]
     assert error.is_temporary and error.stage in ("mail", "ehlo") and len(fake.data) == 1
+
+
+def test_eight_bit_body_over_bdat_is_binarymime_when_offered(driver: Any, fake_smtp: Any) -> None:
+    fake = fake_smtp(Responder(capabilities=("CHUNKING", "BINARYMIME", "8BITMIME", "PIPELINING")))
+    body = RAW + "grüße\r\n".encode()
+    driver.submit(body, server_for(fake), sender=SENDER, recipients=["b@e.org"])
+    mail, _ = mail_and_rcpts(fake)
+    assert mail.endswith(b" BODY=BINARYMIME")
+    assert fake.data == [body]
+
+
+def test_binarymime_without_chunking_falls_back_to_8bitmime(driver: Any, fake_smtp: Any) -> None:
+    fake = fake_smtp(Responder(capabilities=("BINARYMIME", "8BITMIME")))
+    driver.submit(RAW + "é\r\n".encode(), server_for(fake), sender=SENDER, recipients=["b@e.org"])
+    mail, _ = mail_and_rcpts(fake)
+    assert mail.endswith(b" BODY=8BITMIME")

@@ -401,7 +401,9 @@ class Session:
         if "SIZE" in caps and envelope.size:
             params.append(f"SIZE={envelope.size}")
         if envelope.eight_bit:
-            params.append("BODY=8BITMIME")
+            # RFC 3030: with BDAT, BINARYMIME is the body type that needs no line rules.
+            binary = "CHUNKING" in caps and "BINARYMIME" in caps
+            params.append("BODY=BINARYMIME" if binary else "BODY=8BITMIME")
         if envelope.smtputf8:
             params.append("SMTPUTF8")
         dsn = envelope.dsn
