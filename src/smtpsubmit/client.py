@@ -100,7 +100,10 @@ class _Base:
         """Each reply must complete within the timeout, however slowly it trickles."""
         now = time.monotonic()
         if op.new_reply:
-            self._deadline = now + self.server.effective_timeout
+            timeout = self.server.effective_timeout
+            self._deadline = now + timeout
+            if timeout > 0:
+                return timeout  # exactly, so the stream need not reset an unchanged timeout
         remaining = self._deadline - now
         if remaining <= 0:
             raise SmtpTimeout(

@@ -26,6 +26,7 @@ import email.charset
 import email.errors
 import email.policy
 import enum
+import functools
 import io
 import mimetypes
 import os
@@ -172,6 +173,13 @@ def _check_display_name(name: str, what: str) -> None:
 
 def _parse_address(text: str, what: str, *, check_name: bool = True) -> _Address:
     """One mailbox, ``Name <a@b>`` or ``a@b``; anything ambiguous is refused."""
+    return _parse_address_cached(text, what, check_name)
+
+
+# A pure function of immutable strings with an immutable result (errors are not
+# cached): bulk senders repeat the same sender and recipients message after message.
+@functools.lru_cache(maxsize=4096)
+def _parse_address_cached(text: str, what: str, check_name: bool) -> _Address:
     if not mime.is_safe_text(text):
         raise MessageError(f"{what}: {text!r} contains control characters")
     header, defects = _parse_address_header(text)
@@ -184,6 +192,7 @@ def _parse_address(text: str, what: str, *, check_name: bool = True) -> _Address
     return _validated(address.display_name, address.addr_spec, what)
 
 
+@functools.lru_cache(maxsize=4096)  # pure, immutable result; see _parse_address_cached
 def _validated(display_name: str, spec: str, what: str) -> _Address:
     try:
         valid = validate_addr_spec(spec)  # the one address check, shared with the envelope
@@ -612,6 +621,13 @@ class _Composed(_Source):
         self.addresses = [self.sender, *self.to, *self.cc, *self.bcc]
         self.addresses += [a for f in self.fields for a in (f.addresses or ())]
         self.boundary = self._boundary()
+        # Rendered headers, trees and segments are pure functions of the fields
+        # above, so each is made once per mode; not trees with file attachments,
+        # which are sized by os.stat on every render.
+        self._rendered_headers: dict[bool, tuple[bytes, ...]] = {}
+        self._rendered_trees: dict[bool, mime.Leaf | mime.Multipart] = {}
+        self._rendered: dict[tuple[bool, bool], tuple[mime.Segment, ...]] = {}
+        self._pure = all(attachment._file is None for attachment in self.attachments)
         # Render everything but attachment bodies once per mode now, so folding
         # and charset errors surface here rather than when sending.
         for utf8 in (True, False) if not any(a.needs_utf8 for a in self.addresses) else (True,):
@@ -686,7 +702,13 @@ class _Composed(_Source):
             tokens += part
         return mime.fold(name, tokens)
 
-    def _headers(self, utf8: bool) -> list[bytes]:
+    def _headers(self, utf8: bool) -> tuple[bytes, ...]:
+        headers = self._rendered_headers.get(utf8)
+        if headers is None:
+            headers = self._rendered_headers[utf8] = tuple(self._render_headers(utf8))
+        return headers
+
+    def _render_headers(self, utf8: bool) -> list[bytes]:
         headers = [self._addresses("From", [self.sender], utf8)]
         if self.to:
             headers.append(self._addresses("To", self.to, utf8))
@@ -745,6 +767,14 @@ class _Composed(_Source):
         return mime.Multipart((mime.fold("Content-Type", tokens),), boundary, tuple(parts))
 
     def _tree(self, allow_8bit: bool) -> mime.Leaf | mime.Multipart:
+        if not self._pure:
+            return self._make_tree(allow_8bit)
+        tree = self._rendered_trees.get(allow_8bit)
+        if tree is None:
+            tree = self._rendered_trees[allow_8bit] = self._make_tree(allow_8bit)
+        return tree
+
+    def _make_tree(self, allow_8bit: bool) -> mime.Leaf | mime.Multipart:
         """text / html / alternative, related around the HTML, mixed around it all."""
         related: list[Attachment] = []
         others: list[Attachment] = []
@@ -768,7 +798,14 @@ class _Composed(_Source):
         return self._multipart("mixed", [core, *leaves] if core else leaves)
 
     def segments(self, *, allow_8bit: bool, smtputf8: bool) -> list[mime.Segment]:
-        return list(mime.render(self._tree(allow_8bit), self._headers(smtputf8)))
+        if not self._pure:
+            return list(mime.render(self._tree(allow_8bit), self._headers(smtputf8)))
+        key = (allow_8bit, smtputf8)
+        segments = self._rendered.get(key)
+        if segments is None:
+            segments = tuple(mime.render(self._tree(allow_8bit), self._headers(smtputf8)))
+            self._rendered[key] = segments
+        return list(segments)
 
 
 def _encoding(value: object) -> Encoding:

@@ -345,6 +345,10 @@ def quoted_printable(data: bytes) -> bytes:
 
 def is_safe_text(text: str, *, allow_tab: bool = False) -> bool:
     """No control, surrogate, or line/paragraph separator characters."""
+    # Fast path: a printable string has no character in a C* or Z* category
+    # (bar the space), so none of the unsafe ones; otherwise check each.
+    if text.isprintable() or (allow_tab and text.replace("\t", " ").isprintable()):
+        return True
     return all(
         (allow_tab and ch == "\t") or unicodedata.category(ch) not in _UNSAFE_CATEGORIES
         for ch in text
@@ -361,19 +365,23 @@ def fold(name: str, tokens: Sequence[str]) -> bytes:
     """
     lines: list[str] = []
     line = f"{name}:"
+    octets = len(line.encode())  # of the current line
+    longest = 0
     has_token = False
     for token in tokens:
-        width = len(line.encode()) + 1 + len(token.encode())
-        if has_token and token and width > FOLD_AT:
+        size = len(token) if token.isascii() else len(token.encode())
+        if has_token and token and octets + 1 + size > FOLD_AT:
             lines.append(line)
+            longest = max(longest, octets)
             line = " " + token
+            octets = 1 + size
         else:
             line += " " + token
+            octets += 1 + size
         has_token = True
     lines.append(line)
-    for text in lines:
-        if len(text.encode()) > MAX_LINE:
-            raise MessageError(f"header {name!r} has a line longer than {MAX_LINE} octets")
+    if max(longest, octets) > MAX_LINE:
+        raise MessageError(f"header {name!r} has a line longer than {MAX_LINE} octets")
     return "\r\n".join(lines).encode() + CRLF
 
 

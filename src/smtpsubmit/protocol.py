@@ -29,6 +29,7 @@ machine without I/O (smtplib and aiosmtplib bury parsing inside their sockets).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import re
 from collections import deque
@@ -219,27 +220,47 @@ class ReplyParser:
             raise ProtocolError(
                 f"reply too large (over {self._max_lines} lines or {self._max_reply} octets)"
             )
-        line = raw.rstrip(b"\n").removesuffix(b"\r")
-        if b"\x00" in line or b"\r" in line:
-            raise ProtocolError(f"malformed reply line {line[:80]!r}")
-        match = _REPLY_LINE.match(line)
-        if not match:
-            raise ProtocolError(f"malformed reply line {line[:80]!r}")
-        code, sep, text = match[1], match[2], match[3] or b""
+        code, more, text = (_parse_short_line if len(raw) <= 200 else _parse_line)(raw)
         if self._code is not None and code != self._code:
             raise ProtocolError(
                 f"reply code changed inside a multi-line reply ({self._code!r} then {code!r})"
             )
-        try:
-            self._lines.append(text.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ProtocolError(f"reply text is not UTF-8: {line[:80]!r}") from None
-        self._code = code
-        if sep == b"-":
+        if more:
+            self._lines.append(text)
+            self._code = code
             return None
-        reply = Reply.from_lines(int(code), self._lines)
+        if self._lines:
+            self._lines.append(text)
+            reply = Reply.from_lines(int(code), self._lines)
+        else:
+            reply = _single_line_reply(code, text)
         self._lines, self._code, self._size = [], None, 0
         return reply
+
+
+def _parse_line(raw: bytes) -> tuple[bytes, bool, str]:
+    """One reply line (with its line end): code, whether more lines follow, text."""
+    line = raw.rstrip(b"\n").removesuffix(b"\r")
+    if b"\x00" in line or b"\r" in line:
+        raise ProtocolError(f"malformed reply line {line[:80]!r}")
+    match = _REPLY_LINE.match(line)
+    if not match:
+        raise ProtocolError(f"malformed reply line {line[:80]!r}")
+    code, sep, text = match[1], match[2], match[3] or b""
+    try:
+        return code, sep == b"-", text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"reply text is not UTF-8: {line[:80]!r}") from None
+
+
+# Servers repeat the same short lines ("250 2.1.5 Ok") for every message; both are
+# pure functions with immutable results (errors are raised, never cached).
+_parse_short_line = functools.lru_cache(maxsize=256)(_parse_line)
+
+
+@functools.lru_cache(maxsize=256)
+def _single_line_reply(code: bytes, text: str) -> Reply:
+    return Reply.from_lines(int(code), [text])
 
 
 class SmtpProtocol:

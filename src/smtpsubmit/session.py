@@ -129,22 +129,31 @@ class Session:
     def _reply(self, stage: str) -> Flow[Reply]:
         new = True
         while True:
-            try:
-                reply = self.core.next_reply()
-            except ProtocolError as exc:
-                self.broken = True
-                exc.stage = exc.stage or stage
-                raise
+            reply = self._buffered_reply(stage)
             if reply is not None:
-                if reply.code == 421 and stage not in ("quit", "greeting"):
-                    self.broken = True
-                    raise ServerDisconnected(
-                        "the server is closing the connection", reply=reply, stage=stage
-                    )
                 return reply
             data = yield Receive(stage, new)
             new = False
             self.core.receive_data(data)
+
+    def _buffered_reply(self, stage: str) -> Reply | None:
+        """The next reply if it has already arrived whole, else None (no I/O).
+
+        What ``_reply`` does before it asks for bytes; callers that expect
+        replies to be buffered (pipelining) use it to skip a generator.
+        """
+        try:
+            reply = self.core.next_reply()
+        except ProtocolError as exc:
+            self.broken = True
+            exc.stage = exc.stage or stage
+            raise
+        if reply is not None and reply.code == 421 and stage not in ("quit", "greeting"):
+            self.broken = True
+            raise ServerDisconnected(
+                "the server is closing the connection", reply=reply, stage=stage
+            )
+        return reply
 
     def _command(self, command: Command) -> Flow[Reply]:
         self._check_unsolicited(command.stage)
@@ -443,7 +452,10 @@ class Session:
             yield Send(b"".join(self.core.send(c) for c in batch), "mail")
             replies = []
             for command in batch:
-                replies.append((yield from self._reply(command.stage)))
+                reply = self._buffered_reply(command.stage)
+                if reply is None:
+                    reply = yield from self._reply(command.stage)
+                replies.append(reply)
             mail_reply, rcpt_replies = replies[0], replies[1 : 1 + len(rcpts)]
             data_reply = None if chunking else replies[-1]
         else:

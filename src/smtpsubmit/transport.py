@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import select
 import socket
 import ssl
 from typing import Any
@@ -184,6 +185,19 @@ class SyncStream:
         self._sock = sock
         self._server = server
         self.tls_info: TlsInfo | None = None
+        # settimeout() is a system call: made only when the timeout changes.
+        self._timeout = sock.gettimeout()
+        # A plain socket is polled for readability without a read (and without
+        # switching it to non-blocking and back); a TLS one is not (see poll()).
+        self._poller: Any = None
+        if not isinstance(sock, ssl.SSLSocket) and hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
+
+    def _set_timeout(self, timeout: float) -> None:
+        if timeout != self._timeout:
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
 
     @classmethod
     def connect(cls, server: Server, deadline_timeout: float | None = None) -> SyncStream:
@@ -223,7 +237,7 @@ class SyncStream:
     def send(self, data: bytes, stage: str) -> None:
         try:
             # The whole write must finish within the timeout (receive() shortens it).
-            self._sock.settimeout(self._server.effective_timeout)
+            self._set_timeout(self._server.effective_timeout)
             self._sock.sendall(data)
         except (OSError, ValueError) as exc:
             raise _io_error(exc, stage, "while sending", self._server) from None
@@ -232,10 +246,13 @@ class SyncStream:
         """What the server sent while we were idle, without waiting: ``b""`` if nothing.
 
         A non-blocking read, not ``select``: on TLS a readable socket may hold only a
-        session ticket, and a blocking read would then wait for the full timeout.
+        session ticket, and a blocking read would then wait for the full timeout. A
+        plain socket is asked with ``poll`` first, which costs no exception when idle.
         """
         try:
-            self._sock.settimeout(0.0)
+            if self._poller is not None and not self._poller.poll(0):
+                return b""
+            self._set_timeout(0.0)
             data = self._sock.recv(READ_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return b""
@@ -247,7 +264,7 @@ class SyncStream:
 
     def receive(self, stage: str, timeout: float) -> bytes:
         try:
-            self._sock.settimeout(max(timeout, 0.001))
+            self._set_timeout(max(timeout, 0.001))
             data = self._sock.recv(READ_SIZE)
         except (OSError, ValueError) as exc:
             raise _io_error(exc, stage, "waiting for the server's reply", self._server) from None
@@ -260,13 +277,15 @@ class SyncStream:
     def start_tls(self, stage: str) -> TlsInfo:
         context = make_ssl_context(self._server)
         try:
-            self._sock.settimeout(self._server.effective_timeout)
+            self._set_timeout(self._server.effective_timeout)
             tls = context.wrap_socket(
                 self._sock, server_hostname=self._server.effective_tls_server_name
             )
         except (OSError, ValueError) as exc:
             raise _handshake_error(exc, stage, self._server) from None
         self._sock = tls
+        self._timeout = tls.gettimeout()
+        self._poller = None
         self.tls_info = TlsInfo.from_ssl_object(tls)
         return self.tls_info
 
@@ -324,9 +343,16 @@ class AsyncStream:
 
     async def send(self, data: bytes, stage: str) -> None:
         try:
-            self._writer.write(data)
+            writer = self._writer
+            writer.write(data)
+            transport = writer.transport
+            if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+                # Everything went to the socket: drain() cannot wait, so no timer is
+                # needed (it still runs, for the errors it reports).
+                await writer.drain()
+                return
             async with asyncio.timeout(self._server.effective_timeout):
-                await self._writer.drain()
+                await writer.drain()
         except (OSError, ValueError, RuntimeError) as exc:
             raise _io_error(exc, stage, "while sending", self._server) from None
 
@@ -339,8 +365,12 @@ class AsyncStream:
 
     async def receive(self, stage: str, timeout: float) -> bytes:
         try:
-            async with asyncio.timeout(max(timeout, 0.001)):
-                data = await self._reader.read(READ_SIZE)
+            reader = self._reader
+            if getattr(reader, "_buffer", b"") or reader.at_eof():
+                data = await reader.read(READ_SIZE)  # already arrived: read() cannot wait
+            else:
+                async with asyncio.timeout(max(timeout, 0.001)):
+                    data = await reader.read(READ_SIZE)
         except (OSError, ValueError) as exc:
             raise _io_error(exc, stage, "waiting for the server's reply", self._server) from None
         if not data:
