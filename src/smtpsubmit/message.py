@@ -21,6 +21,7 @@ repaired. There are no hand-written address regexes.
 
 from __future__ import annotations
 
+import abc
 import codecs
 import email.charset
 import email.errors
@@ -584,7 +585,7 @@ class PreparedMessage:
 # --------------------------------------------------------------------------- sources
 
 
-class _Source:
+class _Source(abc.ABC):
     """What a message is made of; composed and ready-made messages differ here."""
 
     sender: _Address
@@ -592,8 +593,9 @@ class _Source:
     addresses: list[_Address]  # every address rendered or used (for SMTPUTF8)
     message_id: str
 
+    @abc.abstractmethod
     def segments(self, *, allow_8bit: bool, smtputf8: bool) -> list[mime.Segment]:
-        raise NotImplementedError
+        """The message as a list of pieces to stream, rendered for this session."""
 
 
 class _Composed(_Source):
