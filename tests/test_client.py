@@ -40,6 +40,7 @@ from tests.servers.fakesmtp import (
     StopReading,
     Trickle,
     ehlo_reply,
+    steps_to_data,
 )
 
 SENDER = "a@example.org"
@@ -259,15 +260,7 @@ def test_server_stops_reading_during_data(driver: Any, fake_smtp: Any) -> None:
     body = RAW + b"y" * 20_000_000
     fake = fake_smtp(
         [
-            Send(b"220 hi\r\n"),
-            Expect(rb"EHLO .*"),
-            Send(ehlo_reply()),
-            Expect(rb"MAIL .*"),
-            Send(b"250 ok\r\n"),
-            Expect(rb"RCPT .*"),
-            Send(b"250 ok\r\n"),
-            Expect(rb"DATA"),
-            Send(b"354 go\r\n"),
+            *steps_to_data(),
             StopReading(6),
         ],
         check=False,

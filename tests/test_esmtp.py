@@ -267,19 +267,11 @@ def test_requiretls_over_tls(
 def test_connection_closed_while_idle_is_reported_not_lost(driver: Any, fake_smtp: Any) -> None:
     """The server drops an idle session: the next send fails before any data, retryably."""
     from tests.drivers import call
-    from tests.servers.fakesmtp import Close, Expect, ReadData, Send, ehlo_reply
+    from tests.servers.fakesmtp import Close, ReadData, Send, steps_to_data
 
     fake = fake_smtp(
         [
-            Send(b"220 hi\r\n"),
-            Expect(rb"EHLO .*"),
-            Send(ehlo_reply()),
-            Expect(rb"MAIL .*"),
-            Send(b"250 ok\r\n"),
-            Expect(rb"RCPT .*"),
-            Send(b"250 ok\r\n"),
-            Expect(rb"DATA"),
-            Send(b"354 go\r\n"),
+            *steps_to_data(),
             ReadData(),
             Send(b"250 ok\r\n"),
             Close(),

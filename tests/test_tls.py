@@ -102,17 +102,20 @@ def client_lines(fake: FakeSMTP, index: int = 0) -> list[bytes]:
     return fake.commands[index]
 
 
-def starttls_script(context: ssl.SSLContext, *after: Any, may_fail: bool = True) -> list[Any]:
-    """Greeting, EHLO offering STARTTLS, 220, handshake, then ``after``."""
+def starttls_prelude() -> list[Any]:
+    """Greeting, EHLO offering STARTTLS, and the 220 to STARTTLS: up to the handshake."""
     return [
         Send(b"220 fake.test ESMTP\r\n"),
         Expect(rb"EHLO .*"),
         Send(ehlo_reply("PIPELINING", "STARTTLS")),
         Expect(rb"STARTTLS"),
         Send(b"220 2.0.0 go ahead\r\n"),
-        StartTLS(context, may_fail=may_fail),
-        *after,
     ]
+
+
+def starttls_script(context: ssl.SSLContext, *after: Any, may_fail: bool = True) -> list[Any]:
+    """The prelude, the handshake, then ``after``."""
+    return [*starttls_prelude(), StartTLS(context, may_fail=may_fail), *after]
 
 
 def tls_responder(**kwargs: Any) -> Responder:
@@ -581,14 +584,7 @@ def test_t6_tls_server_on_plain_port(driver, server_ssl_context, fake_smtp):
 @DRIVERS
 def test_t7_starttls_handshake_stalled(driver, fake_smtp):
     fake = fake_smtp(
-        [
-            Send(b"220 fake.test ESMTP\r\n"),
-            Expect(rb"EHLO .*"),
-            Send(ehlo_reply("STARTTLS")),
-            Expect(rb"STARTTLS"),
-            Send(b"220 go ahead\r\n"),
-            Silent(6),
-        ],
+        [*starttls_prelude(), Silent(6)],
         check=False,
     )
     server = Server("127.0.0.1", port=fake.port, timeout=1.5, options=Option.SECURE)
@@ -615,15 +611,7 @@ def test_t7_handshake_reset(driver, fake_smtp):
     from tests.servers.fakesmtp import Reset
 
     fake = fake_smtp(
-        [
-            Send(b"220 fake.test ESMTP\r\n"),
-            Expect(rb"EHLO .*"),
-            Send(ehlo_reply("STARTTLS")),
-            Expect(rb"STARTTLS"),
-            Send(b"220 go ahead\r\n"),
-            Delay(0.2),
-            Reset(),
-        ],
+        [*starttls_prelude(), Delay(0.2), Reset()],
         check=False,
     )
     server = Server("127.0.0.1", port=fake.port, timeout=3, options=Option.SECURE)

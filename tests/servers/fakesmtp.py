@@ -101,6 +101,22 @@ def ehlo_reply(*capabilities: str, hostname: str = "fake.test", code: int = 250)
     return b"".join(out)
 
 
+def steps_to_data(*capabilities: str) -> list[Step]:
+    """Greeting, EHLO, one MAIL and one RCPT accepted, DATA answered 354: the usual
+    way into a message body, for scripts that then misbehave during or after it."""
+    return [
+        Send(b"220 hi\r\n"),
+        Expect(rb"EHLO .*"),
+        Send(ehlo_reply(*capabilities)),
+        Expect(rb"MAIL .*"),
+        Send(b"250 ok\r\n"),
+        Expect(rb"RCPT .*"),
+        Send(b"250 ok\r\n"),
+        Expect(rb"DATA"),
+        Send(b"354 go\r\n"),
+    ]
+
+
 def _as_bytes(reply: bytes | str) -> bytes:
     data = reply.encode() if isinstance(reply, str) else bytes(reply)
     if not data.endswith(b"\n"):
