@@ -493,8 +493,10 @@ def test_hostile_challenges_raise_only_typed_errors_without_secret(
     final: bytes | None,
 ) -> None:
     secret = prefix + CANARY
-    mech = MECHANISMS[name]("alice", secret)
+    mech = None
     try:
+        # SCRAM refuses a password SASLprep rejects (e.g. mixed-direction text) up front.
+        mech = MECHANISMS[name]("alice", secret)
         if send_initial:
             mech.initial_response()
         for challenge in challenges:
@@ -506,7 +508,8 @@ def test_hostile_challenges_raise_only_typed_errors_without_secret(
         assert_no_secret(str(exc), secret)
         assert_no_secret(repr(exc), secret)
         assert exc.__cause__ is None
-    assert_no_secret(repr(mech), secret)
+    if mech is not None:
+        assert_no_secret(repr(mech), secret)
 
 
 # ---------------------------------------------------------------------------
