@@ -160,7 +160,7 @@ def test_url_round_trip(server: Server) -> None:
 def test_from_url_rejects_unknown_things() -> None:
     with pytest.raises(ValueError, match="scheme"):
         Server.from_url("http://mx.example.org")
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="options= must be option names"):
         Server.from_url("smtp://h?options=FAST")
     with pytest.raises(ValueError, match="unknown URL parameter"):
         Server.from_url("smtp://h?color=blue")
@@ -175,3 +175,58 @@ def test_server_is_frozen() -> None:
     server = Server("h")
     with pytest.raises(AttributeError):
         server.host = "other"  # type: ignore[misc]
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it carries: its cause and its context, recursively."""
+    found: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or item in found:
+            continue
+        found.append(item)
+        todo += [item.__cause__, item.__context__]
+    return found
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "smtp://me:pa/ss-7Qz@mx.example.org",  # '/' ends the host early: path
+        "smtp://me:pa#ss-7Qz@mx.example.org",  # '#': fragment
+        "smtp://me:pa?ss-7Qz@mx.example.org",  # '?': the port becomes "pa"
+        "smtp://me:2525?ss-7Qz@mx.example.org",  # a valid "port", the rest a query key
+        "smtp://me:2525?timeout=ss-7Qz@mx.example.org",  # ... or a query value
+        "smtp://me:2525/ss-7Qz@mx.example.org:25",
+        "smtp+tls://me:pass-7Qz@mx.example.org",  # unknown scheme, good password
+        "smtp://me:pass-7Qz@mx.example.org?options=ss-7Qz",
+    ],
+)
+def test_from_url_errors_never_show_the_password(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Server.from_url(url)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    for exc in _chain(info.value):
+        text = f"{exc} {exc!r} {exc.args}"
+        assert "7Qz" not in text and "ss-" not in text
+    assert "bad SMTP URL" in str(info.value)
+    assert "%2F" in str(info.value)  # says how to write such a password
+
+
+def test_from_url_rejects_a_path() -> None:
+    # Before: "smtp://me:12/secret@host" was host "me", port 12 and the rest dropped.
+    with pytest.raises(ValueError, match="path"):
+        Server.from_url("smtp://me:12/secret@mx.example.org")
+    assert Server.from_url("smtp://mx.example.org/").host == "mx.example.org"
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]", "2001:db8::25", "[2001:db8::25]"])
+def test_ipv6_literal_round_trip(host: str) -> None:
+    server = Server(host, "u", "p", 2525)
+    url = server.to_url()
+    assert url.startswith("smtp://u@[") and "[[" not in url and url.endswith("]:2525")
+    again = Server.from_url(url)
+    assert again.host == host.strip("[]")
+    assert again.to_url() == url
+    assert again.effective_tls_server_name == server.effective_tls_server_name

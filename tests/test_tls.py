@@ -3,7 +3,7 @@
 Each network scenario runs with both drivers (``Client`` and ``AsyncClient``): the protocol is
 written once, but sockets, ``ssl`` wrapping and error mapping are not.
 
-Fault IDs (T1-T8, S8, S9) refer to /work/shared/notes/fault-catalogue.md.
+Fault IDs (T1-T8, S8, S9) are the scenario IDs listed in docs/guarantees.md.
 """
 
 from __future__ import annotations
@@ -705,6 +705,138 @@ def test_client_certificate_unreadable_is_a_tls_error(tmp_path):
     missing = str(tmp_path / "nope.pem")
     with pytest.raises(TlsError, match="client certificate"):
         make_ssl_context(Server("mx.example.org", options=Option.SECURE, client_cert=missing))
+
+
+@DRIVERS
+def test_ca_file_replaces_the_system_trust_store(
+    driver, aiosmtpd_starttls, ca_file, tmp_path, monkeypatch
+):
+    # The fixture's CA stands in for a public CA: SSL_CERT_FILE makes it the system store
+    # (OpenSSL reads the variable each time a context loads its default paths).
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+    base = Server("127.0.0.1", port=aiosmtpd_starttls.port, timeout=5, options=Option.SECURE)
+    assert run(driver, base).is_tls  # the "system store" alone is enough
+    unrelated = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(unrelated))
+    pinned = Server(
+        "127.0.0.1",
+        port=aiosmtpd_starttls.port,
+        timeout=5,
+        options=Option.SECURE,
+        ca_file=str(unrelated),
+    )
+    err = fails(driver, pinned, TlsError)  # the system CA is not trusted next to ca_file
+    assert err.stage == "starttls" and "unknown certificate authority" in str(err)
+    assert len(aiosmtpd_starttls.wait_for(1)) == 1  # only the first connection delivered
+
+
+def test_ca_path_replaces_the_system_trust_store(tls_ca, tmp_path, monkeypatch):
+    from smtpsubmit.tls import make_ssl_context
+
+    system = tmp_path / "system.pem"
+    tls_ca.cert_pem.write_to_path(str(system))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("SSL_CERT_FILE", str(system))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "empty"))
+    assert make_ssl_context(Server("h")).cert_store_stats()["x509_ca"] == 1
+    # ca_path is read lazily, by hash, during a handshake: no CA is loaded up front.
+    context = make_ssl_context(Server("h", ca_path=str(tmp_path / "empty")))
+    assert context.cert_store_stats()["x509_ca"] == 0
+
+
+def _encrypted_client_key(tmp_path) -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key = client_cert_files(trustme.CA(), tmp_path)
+    private = serialization.load_pem_private_key(open(key, "rb").read(), None)
+    encrypted = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"key pass phrase"),
+    )
+    with open(key, "wb") as f:
+        f.write(encrypted)
+    return cert, key
+
+
+def test_encrypted_client_key_is_a_tls_error_without_a_prompt(tmp_path):
+    """On a terminal, OpenSSL would ask for the pass phrase and wait; it must fail instead."""
+    import fcntl
+    import os
+    import select
+    import subprocess
+    import sys
+    import termios
+
+    cert, key = _encrypted_client_key(tmp_path)
+    code = (
+        "from smtpsubmit import Server, TlsError\n"
+        "from smtpsubmit.tls import make_ssl_context\n"
+        "try:\n"
+        f"    make_ssl_context(Server('h', client_cert={cert!r}, client_key={key!r}))\n"
+        "except TlsError as exc:\n"
+        "    print('TlsError:', exc)\n"
+    )
+    master, slave = os.openpty()
+
+    def controlling_tty() -> None:  # runs in the child after setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        preexec_fn=controlling_tty,  # noqa: PLW1509 - makes the pty the controlling terminal
+    )
+    os.close(slave)
+    output = b""
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and b"pass phrase" not in output.lower():
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        os.close(master)
+    text = output.decode("utf-8", "replace")
+    assert "pass phrase" not in text.lower(), text
+    assert "TlsError: the client key" in text and "encrypted" in text, text
+
+
+def test_encrypted_client_key_never_reaches_openssls_prompt(tmp_path, monkeypatch):
+    """In process: the password callback is what load_cert_chain gets, and it refuses."""
+    from smtpsubmit import tls
+
+    cert, key = _encrypted_client_key(tmp_path)
+    seen: list[Any] = []
+    real = ssl.SSLContext.load_cert_chain
+
+    def spy(self, certfile, keyfile=None, password=None):
+        seen.append(password)
+        return real(self, certfile, keyfile, password)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", spy)
+    with pytest.raises(TlsError, match="encrypted") as info:
+        tls.make_ssl_context(Server("h", client_cert=cert, client_key=key))
+    assert callable(seen[0])
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    # An unencrypted key never calls the callback.
+    (tmp_path / "plain").mkdir()
+    plain_cert, plain_key = client_cert_files(trustme.CA(), tmp_path / "plain")
+    tls.make_ssl_context(Server("h", client_cert=plain_cert, client_key=plain_key))
 
 
 # --------------------------------------------------------------------------------------

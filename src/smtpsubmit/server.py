@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
 
 __all__ = ["Option", "Server"]
 
@@ -269,15 +269,15 @@ class Server:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES:
-            raise ValueError(
-                f"unsupported scheme {parts.scheme!r}: use smtp, smtps or smtp+starttls"
-            )
+            raise _url_error("the scheme must be smtp://, smtps:// or smtp+starttls://", url)
+        if parts.path not in ("", "/") or parts.fragment:
+            # An SMTP URL has no path: one here means a raw '/' or '#' ended the host early.
+            raise _url_error("the URL has a path or fragment after the host", url)
+        port = _url_port(parts)
+        if port is None:
+            raise _url_error("the port is not a number from 0 to 65535", url)
         if not parts.hostname:
-            raise ValueError(f"no host in {_mask_url(url)!r}")
-        try:
-            port = parts.port or 0
-        except ValueError as exc:
-            raise ValueError(f"bad port in {_mask_url(url)!r}") from exc
+            raise _url_error("the URL has no host", url)
         options = Option.NONE
         if scheme == "smtps":
             options |= Option.SECURE_IMPLICIT
@@ -286,13 +286,10 @@ class Server:
             port = port or 587
         kwargs: dict[str, Any] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            kwargs.update(_query_value(key, value))
+            kwargs.update(_query_value(key, value, url))
         options |= kwargs.pop("options", Option.NONE)
-        host = parts.hostname
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]" if not host.startswith("[") else host
         values: dict[str, Any] = {
-            "host": host.strip("[]") if ":" in host else host,
+            "host": parts.hostname,  # an IPv6 literal comes without its brackets
             "username": unquote(parts.username) if parts.username else None,
             "password": unquote(parts.password) if parts.password else None,
             "port": port,
@@ -323,7 +320,9 @@ class Server:
                     raise ValueError("a callable password cannot be written into a URL")
                 userinfo += ":" + quote(self.password, safe="")
             userinfo += "@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host
+        if ":" in host and not host.startswith("["):  # an IPv6 literal
+            host = f"[{host}]"
         port = self.port or (25 if scheme == "smtp+starttls" else 0)
         netloc = f"{userinfo}{host}" + (f":{port}" if port else "")
         query = _query_string(self, opts, include_password)
@@ -346,21 +345,55 @@ def _split_names(value: str) -> list[str]:
     return [v for v in value.replace("|", ",").split(",") if v]
 
 
-def _query_value(key: str, value: str) -> dict[str, Any]:
+def _query_value(key: str, value: str, url: str) -> dict[str, Any]:
+    """One query parameter; errors name the parameter, never the value (see _url_error)."""
     key = key.strip().lower()
-    if key == "timeout":
-        return {"timeout": float(value)}
-    if key == "options":
-        return {"options": Option.parse(value)}
-    if key in _URL_TEXT_FIELDS:
-        return {key: value}
-    if key == "auth_mechanisms":
-        return {key: tuple(_split_names(value))}
-    if key == "disable_extensions":
-        return {key: frozenset(_split_names(value))}
-    if key == "allow_plaintext_auth":
-        return {key: value.lower() in ("1", "true", "yes", "on")}
-    raise ValueError(f"unknown URL parameter {key!r}")
+    if key not in _URL_PARAMETERS:
+        # The key is not echoed: with a raw '?' in a password, it is part of the password.
+        raise _url_error(f"unknown URL parameter; known: {', '.join(_URL_PARAMETERS)}", url)
+    try:
+        return {key: _URL_PARAMETERS[key](value)}
+    except ValueError:
+        expected = _URL_EXPECTED.get(key, "a valid value")
+        error = _url_error(f"URL parameter {key}= must be {expected}", url)
+    raise error  # outside the except block: no __context__ holding the value
+
+
+_URL_PARAMETERS: dict[str, Callable[[str], Any]] = {
+    "timeout": float,
+    "options": Option.parse,
+    **{name: str for name in _URL_TEXT_FIELDS},
+    "auth_mechanisms": lambda value: tuple(_split_names(value)),
+    "disable_extensions": lambda value: frozenset(_split_names(value)),
+    "allow_plaintext_auth": lambda value: value.lower() in ("1", "true", "yes", "on"),
+}
+_URL_EXPECTED = {
+    "timeout": "a number of seconds",
+    "options": "option names joined by ',' or '|' (known options: "
+    + ", ".join(m.name for m in Option if m.name)
+    + ")",
+}
+
+
+def _url_port(parts: SplitResult) -> int | None:
+    """The port (0 when absent), or None when it is not a valid port number."""
+    try:
+        return parts.port or 0
+    except ValueError:
+        return None
+
+
+def _url_error(problem: str, url: str) -> ValueError:
+    """A ValueError for a bad URL that repeats no part of it.
+
+    A URL may hold a password, and a raw '/', '?', '#' in that password moves
+    the rest of it into the path, query or port, so no piece of the URL is
+    safe to show.
+    """
+    text = f"bad SMTP URL: {problem} (the URL is not shown: it may hold a password)"
+    if "@" in url:
+        text += "; in the user name and password write '/', '?', '#', '@' as %2F, %3F, %23, %40"
+    return ValueError(text)
 
 
 def _query_string(server: Server, opts: Option, include_password: bool) -> str:

@@ -2,10 +2,13 @@
 ``ssl`` failures into a :class:`TlsError` that says what failed and which
 option changes it.
 
-Verification is on by default (the system trust store plus ``ca_file`` /
-``ca_path``), the name checked is ``tls_server_name`` (default: ``host``) and
-the floor is TLS 1.2. ``Option.TRUSTEDSITE`` turns off the chain and name
-checks and nothing else.
+Verification is on by default. The trust anchors are the system store, or —
+when ``ca_file`` / ``ca_path`` is set — those CAs *instead of* it, as
+``ssl.create_default_context(cafile=...)``, msmtp's ``tls_trust_file`` and
+requests' ``verify=path`` mean it: pinning a private CA must not leave every
+public CA trusted too. The name checked is ``tls_server_name`` (default:
+``host``) and the floor is TLS 1.2. ``Option.TRUSTEDSITE`` turns off the
+chain and name checks and nothing else.
 """
 
 from __future__ import annotations
@@ -22,29 +25,56 @@ __all__ = ["TlsInfo", "describe_tls_error", "make_ssl_context"]
 
 def make_ssl_context(server: Server) -> ssl.SSLContext:
     """The client context for ``server``: verified, TLS ≥ 1.2, optional client cert."""
-    context = ssl.create_default_context()  # the system trust store ...
-    try:
-        if server.ca_file or server.ca_path:  # ... plus the caller's CAs, never instead of it
-            context.load_verify_locations(cafile=server.ca_file, capath=server.ca_path)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(
-            f"cannot load the CA certificates (ca_file={server.ca_file!r}, "
-            f"ca_path={server.ca_path!r}): {exc}",
-            stage="connect",
-        ) from None
+    context = _verifying_context(server)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if Option.TRUSTEDSITE in server.options:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if server.client_cert:
-        try:
-            context.load_cert_chain(server.client_cert, server.client_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsError(
-                f"cannot load the client certificate {server.client_cert!r}: {exc}",
-                stage="connect",
-            ) from None
+        _load_client_certificate(context, server.client_cert, server.client_key)
     return context
+
+
+def _verifying_context(server: Server) -> ssl.SSLContext:
+    """The system trust store, or ``ca_file``/``ca_path`` alone when either is set."""
+    if not (server.ca_file or server.ca_path):
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=server.ca_file, capath=server.ca_path)
+    except (OSError, ssl.SSLError) as exc:
+        error = TlsError(
+            f"cannot load the CA certificates (ca_file={server.ca_file!r}, "
+            f"ca_path={server.ca_path!r}): {exc}",
+            stage="connect",
+        )
+    raise error
+
+
+class _KeyIsEncrypted(Exception):
+    """Raised by the password callback: OpenSSL would otherwise prompt on the terminal."""
+
+
+def _refuse_key_password() -> str:
+    raise _KeyIsEncrypted
+
+
+def _load_client_certificate(context: ssl.SSLContext, cert: str, key: str | None) -> None:
+    try:
+        # Without a callback, OpenSSL asks for the pass phrase of an encrypted key on
+        # the terminal, which would hang a cron job or a server process.
+        context.load_cert_chain(cert, key, password=_refuse_key_password)
+    except _KeyIsEncrypted:
+        error = TlsError(
+            f"the client key {key or cert!r} is encrypted and smtpsubmit takes no key "
+            "password; store the key unencrypted (`openssl pkey -in KEY -out NEW`) and "
+            "readable only by its owner",
+            stage="connect",
+        )
+    except (OSError, ssl.SSLError) as exc:
+        error = TlsError(f"cannot load the client certificate {cert!r}: {exc}", stage="connect")
+    else:
+        return
+    raise error
 
 
 _VERIFY_HINTS = {

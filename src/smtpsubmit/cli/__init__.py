@@ -101,5 +101,5 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        print(f"{command}: error: {describe(exc)}", file=sys.stderr)
+        print(f"{command}: error: {describe(exc, command)}", file=sys.stderr)
         return exit_code(exc)

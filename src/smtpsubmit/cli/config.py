@@ -15,7 +15,13 @@
 Keys are the :class:`~smtpsubmit.Server` field names plus ``url`` (a
 ``smtp://`` URL, the other keys override it), ``password_command``,
 ``password_env`` and ``from`` (the default sender). Unknown keys are an
-error, so a typo cannot silently drop a setting.
+error, so a typo cannot silently drop a setting — for that account only: a
+malformed table is reported (a warning, and exit 78 when it is used) while
+the other accounts keep working.
+
+``password_command`` runs a shell command, so it is refused from a file that
+others could change (see :func:`check_not_writable_by_others`), as ssh
+refuses such a config file.
 """
 
 from __future__ import annotations
@@ -72,13 +78,18 @@ class Config:
     path: Path | None
     default: str | None = None
     accounts: dict[str, Account] = field(default_factory=dict)
+    broken: dict[str, ConfigError] = field(default_factory=dict)
 
     def account(self, name: str | None) -> Account | None:
-        """``name``, else the default account, else None; an unknown name is an error."""
+        """``name``, else the default account, else None; an unknown or broken name is an error."""
         if name is None:
             name = self.default
             if name is None:
                 return None
+        if name in self.broken:
+            raise self.broken[name]
+        for other, error in self.broken.items():
+            _warn(f"{error} (account {other!r} skipped)")
         if name not in self.accounts:
             where = str(self.path) if self.path else "no config file"
             known = ", ".join(sorted(self.accounts)) or "none"
@@ -127,17 +138,22 @@ def _parse(data: dict[str, Any], path: Path) -> Config:
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: `accounts` must be a table of [accounts.NAME] tables")
     accounts: dict[str, Account] = {}
+    broken: dict[str, ConfigError] = {}
     has_password = False
     for name, table in tables.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [accounts.{name}] must be a table")
-        accounts[name] = Account(name, _check_account(name, table, path), path)
+        try:
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: [accounts.{name}] must be a table")
+            accounts[name] = Account(name, _check_account(name, table, path), path)
+        except ConfigError as exc:
+            broken[name] = exc  # an error when used; the other accounts still work
+            continue
         has_password = has_password or "password" in table or _url_has_password(table)
-    if default is not None and default not in accounts:
+    if default is not None and default not in accounts and default not in broken:
         raise ConfigError(f"{path}: default account {default!r} is not defined")
     if has_password:
         _warn_if_exposed(path)
-    return Config(path, default, accounts)
+    return Config(path, default, accounts, broken)
 
 
 def _check_account(name: str, table: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -191,15 +207,48 @@ def _url_has_password(table: dict[str, Any]) -> bool:
         return False
 
 
+def _warn(text: str) -> None:
+    print(f"smtpsubmit: warning: {text}", file=sys.stderr)
+
+
 def _warn_if_exposed(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except OSError:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        print(
-            f"smtpsubmit: warning: {path} holds a password and is readable by group or "
-            f"others (mode {stat.filemode(mode)}); run `chmod 600 {path}` or use "
-            "password_command / password_env",
-            file=sys.stderr,
+        _warn(
+            f"{path} holds a password and is readable by group or others (mode "
+            f"{stat.filemode(mode)}); run `chmod 600 {path}` or use password_command / "
+            "password_env"
+        )
+
+
+def check_not_writable_by_others(path: Path, what: str) -> None:
+    """Refuse to take a command from a file that another user could have written.
+
+    As ssh does for its config: the file must belong to this user (or root)
+    and be writable by no one else. Its directory must not let others replace
+    it: owned by this user or root, and not world-writable unless sticky
+    (a group-writable directory is allowed, for user-private-group setups).
+    """
+    me = os.getuid()
+    try:
+        info = path.stat()
+        parent = path.resolve().parent.stat()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot check {path}: {exc.strerror}") from None
+    problem = None
+    if info.st_uid not in (me, 0):
+        problem = f"{path} belongs to another user"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"{path} is writable by group or others (mode {stat.filemode(info.st_mode)})"
+    elif parent.st_uid not in (me, 0):
+        problem = f"the directory of {path} belongs to another user"
+    elif parent.st_mode & stat.S_IWOTH and not parent.st_mode & stat.S_ISVTX:
+        problem = f"the directory of {path} is writable by everyone"
+    if problem:
+        raise ConfigError(
+            f"{what}: refused: {problem}, so another user could choose the command",
+            hint=f"run `chmod go-w {path}` (and its directory), or use password_env",
         )

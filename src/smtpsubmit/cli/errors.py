@@ -88,11 +88,13 @@ def exit_code(exc: BaseException) -> int:
     return EX_SOFTWARE
 
 
-def hint_for(exc: BaseException) -> str | None:
-    """What the user can do about ``exc``, in a few words."""
+def hint_for(exc: BaseException, command: str = "smtpsubmit") -> str | None:
+    """What the user can do about ``exc``, in a few words (``command`` as in the message)."""
     if isinstance(exc, CliError):
         return exc.hint
     if isinstance(exc, MessageError):
+        if command.endswith("sendmail"):
+            return "fix the message on standard input or the arguments; nothing was sent"
         return "fix the message options; nothing was sent"
     if isinstance(exc, AuthError):
         if exc.reply is None:
@@ -103,7 +105,7 @@ def hint_for(exc: BaseException) -> str | None:
     if isinstance(exc, ConnectError) and getattr(exc, "unknown_host", False):
         return "check the host name (--host, --server or the account file) and DNS"
     if isinstance(exc, TlsError):
-        return None  # describe_tls_error already names the option to change
+        return _tls_hint(exc)
     if isinstance(exc, RecipientsRefused):
         return "check the recipient addresses; no message data was sent"
     if isinstance(exc, MessageTooLarge):
@@ -119,16 +121,47 @@ def hint_for(exc: BaseException) -> str | None:
     return "this is a bug in smtpsubmit; run again with --debug and report the traceback"
 
 
-def describe(exc: BaseException) -> str:
-    """One line: what failed, the server's reply (in ``str(exc)``), and a hint."""
+# The library's TLS messages name the Server setting that changes the outcome;
+# on the command line that setting is a flag.
+_TLS_FLAGS = (
+    ("ca_file", "--ca-file PEM"),
+    ("ca_path", "--ca-path DIR"),
+    ("tls_server_name", "--tls-server-name NAME"),
+    ("client_cert", "--client-cert PEM"),
+    ("client_key", "--client-key PEM"),
+    ("TRUSTEDSITE", "--trusted-site (no verification)"),
+)
+
+
+def _tls_hint(exc: TlsError) -> str:
+    text = str(exc)
+    if exc.reply is not None:
+        if exc.is_temporary:
+            return "try again later"
+        return "the server refuses STARTTLS: ask its administrator, or use --secure-implicit"
+    if exc.stage == "starttls" and "does not offer" in text:
+        return (
+            "check the port (STARTTLS is usually on 587; 465 needs --secure-implicit); "
+            "--secure-optional accepts a connection without TLS"
+        )
+    flags = [flag for name, flag in _TLS_FLAGS if name in text]
+    if flags:
+        return "on the command line: " + ", ".join(flags)
+    if exc.is_temporary:
+        return "try again later; `smtpsubmit probe` shows what the server offers"
+    return "`smtpsubmit probe` shows what the server offers"
+
+
+def describe(exc: BaseException, command: str = "smtpsubmit") -> str:
+    """One line: what failed, the server's reply (in ``str(exc)``), ``[at stage]``, a hint."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, RecipientsRefused) and exc.refused:
         each = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in exc.refused.items())
         if each not in text:
             text = f"{text} ({each})"
-    if isinstance(exc, SmtpError) and exc.stage and not isinstance(exc, TlsError):
+    if isinstance(exc, SmtpError) and exc.stage:
         text = f"{text} [at {exc.stage}]"
     if not isinstance(exc, CliError | SmtpError | MessageError):
         text = f"{type(exc).__name__}: {text}"
-    hint = hint_for(exc)
+    hint = hint_for(exc, command)
     return f"{text}; hint: {hint}" if hint else text

@@ -16,8 +16,8 @@ import subprocess
 import sys
 from typing import Any
 
-from smtpsubmit.cli.config import Account, Config, load_config
-from smtpsubmit.cli.errors import ConfigError, UsageError
+from smtpsubmit.cli.config import Account, Config, check_not_writable_by_others, load_config
+from smtpsubmit.cli.errors import CliError, ConfigError, UsageError
 from smtpsubmit.server import Option, Server
 
 __all__ = [
@@ -166,16 +166,13 @@ def build_server(
     values: dict[str, Any] = {}
     if account is not None:
         if account.get("url"):
-            try:
-                values.update(_url_values(account.get("url")))
-            except ValueError as exc:
-                raise ConfigError(f"account {account.name!r}: bad url: {exc}") from None
+            values.update(_url_values(account.get("url"), where=f"account {account.name!r}: url"))
         values.update(
             {k: v for k, v in account.settings.items() if k in _DEFAULTS and k != "password"}
         )
     url = url if url is not None else getattr(args, "server", None)
     if url:
-        values.update(_url_values(url, from_command_line=True))
+        values.update(_url_values(url))
     values.update(_flag_values(args))
     options = Option(values.get("options", Option.NONE))
     modes = [
@@ -218,12 +215,20 @@ def build_server(
         raise UsageError(f"bad server settings: {exc}") from None
 
 
-def _url_values(url: str, *, from_command_line: bool = False) -> dict[str, Any]:
+def _url_values(url: str, *, where: str | None = None) -> dict[str, Any]:
+    """The fields a URL sets; ``where`` names the account it comes from (else --server).
+
+    The error repeats no part of the URL (from_url's text never does): it may
+    hold a password.
+    """
+    error: CliError | None = None
     try:
         server = Server.from_url(url)
     except ValueError as exc:
-        raise UsageError(f"bad --server URL: {exc}") from None
-    if from_command_line and server.password is not None:
+        error = ConfigError(f"{where}: {exc}") if where else UsageError(f"--server: {exc}")
+    if error is not None:
+        raise error  # outside the except block: no __context__ carrying the URL
+    if where is None and server.password is not None:
         raise UsageError(
             "the --server URL holds a password: other users can read command lines",
             hint="use --password-env VAR, --password-command CMD, an account, or the prompt",
@@ -291,9 +296,9 @@ def _password(args: argparse.Namespace, account: Account | None, values: dict[st
         if account.get("password_env"):
             return _from_env(account.get("password_env"), f"{where}: password_env", ConfigError)
         if account.get("password_command"):
-            return _from_command(
-                account.get("password_command"), f"{where}: password_command", ConfigError
-            )
+            what = f"{where}: password_command"
+            check_not_writable_by_others(account.path, what)
+            return _from_command(account.get("password_command"), what, ConfigError)
         if account.get("password") is not None:
             return str(account.get("password"))
     if values.get("password"):  # from the account's url
