@@ -14,6 +14,7 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -748,7 +749,7 @@ def _encrypted_client_key(tmp_path) -> tuple[str, str]:
     from cryptography.hazmat.primitives import serialization
 
     cert, key = client_cert_files(trustme.CA(), tmp_path)
-    private = serialization.load_pem_private_key(open(key, "rb").read(), None)
+    private = serialization.load_pem_private_key(Path(key).read_bytes(), None)
     encrypted = private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
