@@ -230,3 +230,19 @@ def test_ipv6_literal_round_trip(host: str) -> None:
     assert again.host == host.strip("[]")
     assert again.to_url() == url
     assert again.effective_tls_server_name == server.effective_tls_server_name
+
+
+@pytest.mark.parametrize(
+    ("server", "url"),
+    [
+        (Server("h", options=Option.SECURE), "smtp+starttls://h:25"),  # 0 means 25 here
+        (Server("h", port=587, options=Option.SECURE), "smtp+starttls://h:587"),
+        (Server("h", options=Option.SECURE_IMPLICIT), "smtps://h"),
+        (Server("h", options=Option.SECURE_OPTIONAL), "smtp://h?options=SECURE_OPTIONAL"),
+        (Server("h", port=2525), "smtp://h:2525"),
+    ],
+)
+def test_to_url_scheme_and_port(server: Server, url: str) -> None:
+    assert server.to_url() == url
+    again = Server.from_url(url)
+    assert (again.effective_port, again.options) == (server.effective_port, server.options)

@@ -19,12 +19,11 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urls
 __all__ = ["Option", "Server"]
 
 DEFAULT_TIMEOUT = 20.0
-_SCHEMES = {"smtp": 25, "smtps": 465, "smtp+starttls": 587}
 _PROXY_SCHEMES = ("socks5", "socks5h", "socks4", "socks4a", "http")
 
 
 class Option(enum.IntFlag):
-    """The option flags of the SMTPSERVER structure (contract §2)."""
+    """The option flags of the SMTPSERVER structure (see docs/server.md)."""
 
     NONE = 0
     EXTENDED = 1
@@ -54,7 +53,17 @@ class Option(enum.IntFlag):
         return [m.name for m in type(self) if m and m in self and m.name]
 
 
-_TLS_MODES = Option.SECURE | Option.SECURE_IMPLICIT | Option.SECURE_OPTIONAL
+# The TLS modes, at most one per Server: the one definition, used wherever code asks
+# "is a TLS mode set" or replaces one (the CLI's --secure* flags, probe).
+TLS_MODES = Option.SECURE | Option.SECURE_IMPLICIT | Option.SECURE_OPTIONAL
+
+# URL scheme -> the TLS mode it stands for, and the port it implies when the URL has none
+# (0: the Server default, which is 465 with SECURE_IMPLICIT and 25 otherwise).
+_SCHEMES: dict[str, tuple[Option, int]] = {
+    "smtp": (Option.NONE, 0),
+    "smtps": (Option.SECURE_IMPLICIT, 0),
+    "smtp+starttls": (Option.SECURE, 587),
+}
 
 Password = str | Callable[[], str] | None
 
@@ -125,7 +134,7 @@ class Server:
         if self.timeout < 0:
             raise ValueError("Server.timeout must not be negative (0 means the default, 20 s)")
         object.__setattr__(self, "options", Option(self.options))
-        if bin(int(self.options & _TLS_MODES)).count("1") > 1:
+        if bin(int(self.options & TLS_MODES)).count("1") > 1:
             raise ValueError("choose at most one of SECURE, SECURE_IMPLICIT and SECURE_OPTIONAL")
         for name in ("username", "local_hostname", "tls_server_name", "proxy"):
             _check_text(name, getattr(self, name))
@@ -139,7 +148,7 @@ class Server:
         self._normalise_collections()
         if (
             Option.TUNNEL in self.options
-            and self.options & _TLS_MODES
+            and self.options & TLS_MODES
             and Option.TRUSTEDSITE not in self.options
             and is_ip_address(self.host)
             and not self.tls_server_name
@@ -200,7 +209,8 @@ class Server:
 
     @property
     def effective_options(self) -> Option:
-        """``options`` with EXTENDED switched on where the contract says so."""
+        """``options`` with EXTENDED switched on by credentials, port 587 (not through a
+        tunnel), SECURE or SECURE_OPTIONAL (docs/server.md)."""
         opts = self.options
         tunnel = Option.TUNNEL in opts
         if (
@@ -278,12 +288,8 @@ class Server:
             raise _url_error("the port is not a number from 0 to 65535", url)
         if not parts.hostname:
             raise _url_error("the URL has no host", url)
-        options = Option.NONE
-        if scheme == "smtps":
-            options |= Option.SECURE_IMPLICIT
-        elif scheme == "smtp+starttls":
-            options |= Option.SECURE
-            port = port or 587
+        options, implied_port = _SCHEMES[scheme]
+        port = port or implied_port
         kwargs: dict[str, Any] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             kwargs.update(_query_value(key, value, url))
@@ -305,13 +311,12 @@ class Server:
         The password is left out unless ``include_password=True`` (a callable
         password can never be written into a URL).
         """
-        opts = self.options
-        if Option.SECURE_IMPLICIT in opts:
-            scheme, opts = "smtps", opts & ~Option.SECURE_IMPLICIT
-        elif Option.SECURE in opts:
-            scheme, opts = "smtp+starttls", opts & ~Option.SECURE
-        else:
-            scheme = "smtp"
+        scheme = next(
+            (name for name, (mode, _) in _SCHEMES.items() if mode and mode in self.options),
+            "smtp",
+        )
+        mode, implied_port = _SCHEMES[scheme]
+        opts = self.options & ~mode
         userinfo = ""
         if self.username:
             userinfo = quote(self.username, safe="")
@@ -323,7 +328,8 @@ class Server:
         host = self.host
         if ":" in host and not host.startswith("["):  # an IPv6 literal
             host = f"[{host}]"
-        port = self.port or (25 if scheme == "smtp+starttls" else 0)
+        # Port 0 is written out where the scheme implies another port (smtp+starttls: 587).
+        port = self.port or (self.effective_port if implied_port else 0)
         netloc = f"{userinfo}{host}" + (f":{port}" if port else "")
         query = _query_string(self, opts, include_password)
         return f"{scheme}://{netloc}" + (f"?{query}" if query else "")

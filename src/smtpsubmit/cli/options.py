@@ -18,7 +18,7 @@ from typing import Any
 
 from smtpsubmit.cli.config import Account, Config, check_not_writable_by_others, load_config
 from smtpsubmit.cli.errors import CliError, ConfigError, UsageError
-from smtpsubmit.server import Option, Server
+from smtpsubmit.server import TLS_MODES, Option, Server
 
 __all__ = [
     "add_common_options",
@@ -27,7 +27,6 @@ __all__ = [
     "resolve_account",
 ]
 
-_TLS_MODES = Option.SECURE | Option.SECURE_IMPLICIT | Option.SECURE_OPTIONAL
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Server) if f.name != "_"}
 _PASSWORD_COMMAND_TIMEOUT = 60.0
 
@@ -187,7 +186,7 @@ def build_server(
     if len(modes) > 1:
         raise UsageError("choose at most one of --secure, --secure-implicit, --secure-optional")
     if modes:
-        options = (options & ~_TLS_MODES) | modes[0]
+        options = (options & ~TLS_MODES) | modes[0]
     for flag, option in (
         ("trusted_site", Option.TRUSTEDSITE),
         ("tunnel", Option.TUNNEL),
