@@ -13,12 +13,17 @@ code   name            when
 75     EX_TEMPFAIL     temporary failure: 4xx, timeout, connection refused or lost,
                        delivery status unknown
 77     EX_NOPERM       authentication failed (a 4xx during AUTH is 75)
-78     EX_CONFIG       bad account file, unknown account, password command failed
+78     EX_CONFIG       bad account file or table, unknown account, password command
+                       failed or in a file others can write
 =====  ==============  ==========================================================
 
 TLS errors are 69 and not 78: the local settings may be at fault (a missing
 ``--ca-file``) but so may the server (an expired or wrong certificate, no
 STARTTLS), and in either case retrying unchanged cannot help.
+
+Every message has the form ``what failed (server said: ...) [at stage]; hint:
+what to do``; :func:`describe` builds it and :func:`hint_for` picks the hint,
+in terms of the command's own flags.
 """
 
 from __future__ import annotations
