@@ -7,8 +7,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 CLI_STAMP := $(VENV)/.installed-cli
+# Django's own backend tests run under the 5.x of the dev venv and, here, under 4.2 LTS.
+DJANGO_LTS := .venv-django42
+UPSTREAM := $(VENV)/.django-upstream-tests
 
-.PHONY: demo test lint types docs pytest system-deps fuzz bench clean
+.PHONY: demo test lint types docs pytest django-lts system-deps fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,10 +45,25 @@ types: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
-pytest: $(STAMP)
+$(UPSTREAM): $(STAMP) scripts/fetch-django-tests.py
+	$(BIN)/python scripts/fetch-django-tests.py
+	touch $(UPSTREAM)
+
+$(DJANGO_LTS)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DJANGO_LTS)
+	$(DJANGO_LTS)/bin/python -m pip install --quiet --upgrade pip
+	$(DJANGO_LTS)/bin/python -m pip install --quiet -e '.[cli]' 'django>=4.2,<4.3' \
+		pytest pytest-timeout hypothesis
+	$(DJANGO_LTS)/bin/python scripts/fetch-django-tests.py
+	touch $@
+
+django-lts: $(DJANGO_LTS)/.installed
+	$(DJANGO_LTS)/bin/pytest -q -p no:cacheprovider tests/test_django_backend.py
+
+pytest: $(STAMP) $(UPSTREAM)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test: system-deps lint types docs fuzz pytest
+test: system-deps lint types docs fuzz django-lts pytest
 
 fuzz: $(STAMP)
 	$(BIN)/python -m fuzz --seconds 60
@@ -54,4 +72,4 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DJANGO_LTS) .mypy_cache .ruff_cache .pytest_cache
