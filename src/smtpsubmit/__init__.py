@@ -28,12 +28,24 @@ from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Option, Server
 from smtpsubmit.submit import asubmit_message, submit_message
+from smtpsubmit.transports import (
+    AsyncFileTransport,
+    AsyncMemoryTransport,
+    AsyncTransport,
+    FileTransport,
+    MemoryTransport,
+    SentMessage,
+    Transport,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DSN",
     "AsyncClient",
+    "AsyncFileTransport",
+    "AsyncMemoryTransport",
+    "AsyncTransport",
     "Attachment",
     "AuthError",
     "Client",
@@ -43,6 +55,8 @@ __all__ = [
     "Encoding",
     "Envelope",
     "ExtensionUnavailable",
+    "FileTransport",
+    "MemoryTransport",
     "Message",
     "MessageError",
     "MessageTooLarge",
@@ -52,12 +66,14 @@ __all__ = [
     "RecipientsRefused",
     "Reply",
     "SenderRefused",
+    "SentMessage",
     "Server",
     "ServerDisconnected",
     "SmtpError",
     "SmtpTimeout",
     "SubmitResult",
     "TlsError",
+    "Transport",
     "__version__",
     "asubmit_message",
     "submit_message",
