@@ -16,11 +16,10 @@ from smtpsubmit.protocol import (
     Command,
     DataEncoder,
     LineEndingNormalizer,
+    LocalProtocolError,
     ReplyParser,
     SmtpProtocol,
     State,
-    UsageError,
-    encode_data,
     xtext,
 )
 from smtpsubmit.reply import Reply
@@ -28,7 +27,9 @@ from smtpsubmit.reply import Reply
 SRC = pathlib.Path(__file__).parents[1] / "src" / "smtpsubmit"
 
 
-@pytest.mark.parametrize("module", ["protocol.py", "session.py", "reply.py", "auth.py"])
+@pytest.mark.parametrize(
+    "module", ["protocol.py", "session.py", "transaction.py", "reply.py", "auth.py"]
+)
 def test_core_modules_import_no_io(module: str) -> None:
     """The protocol core stays sans-IO: no socket, ssl, asyncio, threading or time."""
     tree = ast.parse((SRC / module).read_text())
@@ -141,18 +142,18 @@ def test_control_characters_in_arguments_are_refused_before_rendering(char: str)
 
 def test_state_machine_enforces_order() -> None:
     core = SmtpProtocol()
-    with pytest.raises(UsageError):
+    with pytest.raises(LocalProtocolError):
         core.send(Command("EHLO", "me"))  # before the greeting
     core.receive_data(b"220 hi\r\n")
     assert core.next_reply() == Reply(220, "hi")
     assert core.state is State.CONNECTED
-    with pytest.raises(UsageError):
+    with pytest.raises(LocalProtocolError):
         core.send(Command("MAIL", "FROM:<a@b.c>"))  # before EHLO
     core.send(Command("EHLO", "me"))
     core.receive_data(b"250 ok\r\n")
     core.next_reply()
     assert core.state is State.READY
-    with pytest.raises(UsageError):
+    with pytest.raises(LocalProtocolError):
         core.send(Command("RCPT", "TO:<a@b.c>"))  # before MAIL
     core.send(Command("MAIL", "FROM:<a@b.c>"))
     core.send(Command("RCPT", "TO:<x@y.z>"))
@@ -160,12 +161,123 @@ def test_state_machine_enforces_order() -> None:
     core.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
     assert [core.next_reply().code for _ in range(3)] == [250, 250, 354]  # type: ignore[union-attr]
     assert core.state is State.DATA
-    with pytest.raises(UsageError):
+    with pytest.raises(LocalProtocolError):
         core.send(Command("NOOP"))  # only message data now
     core.send_data_end()
     core.receive_data(b"250 queued\r\n")
     core.next_reply()
     assert core.state is State.READY
+
+
+def _ready_core() -> SmtpProtocol:
+    core = SmtpProtocol()
+    core.receive_data(b"220 hi\r\n")
+    core.next_reply()
+    core.send(Command("EHLO", "me"))
+    core.receive_data(b"250 ok\r\n")
+    core.next_reply()
+    return core
+
+
+def test_local_protocol_error_reads_as_misuse() -> None:
+    """Misuse of the core is a RuntimeError (our bug), never an SmtpError (theirs)."""
+    assert issubclass(LocalProtocolError, RuntimeError)
+    assert not issubclass(LocalProtocolError, ProtocolError)
+
+
+@pytest.mark.parametrize("verb", ["RSET", "QUIT", "MAIL"])
+def test_no_command_while_data_is_in_progress(verb: str) -> None:
+    """Between DATA and the end of the data, a command would become message text:
+    RSET and QUIT are refused locally, before anything is rendered."""
+    core = _ready_core()
+    core.send(Command("MAIL", "FROM:<a@b.c>"))
+    core.send(Command("RCPT", "TO:<x@y.z>"))
+    core.send(Command("DATA"))
+    with pytest.raises(LocalProtocolError, match="in progress"):
+        core.send(Command(verb, "FROM:<a@b.c>" if verb == "MAIL" else ""))  # DATA sent, no 354
+    core.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    for _ in range(3):
+        core.next_reply()
+    assert core.data_in_progress
+    with pytest.raises(LocalProtocolError, match="in progress"):
+        core.send(Command(verb, "FROM:<a@b.c>" if verb == "MAIL" else ""))
+    core.send_data_end()
+    assert not core.data_in_progress
+    core.send(Command(verb, "FROM:<a@b.c>" if verb == "MAIL" else ""))  # pipelined after the dot
+    core.receive_data(b"250 queued\r\n")
+    assert core.next_reply() == Reply(250, "queued")
+
+
+@pytest.mark.parametrize("verb", ["RSET", "QUIT"])
+def test_no_rset_or_quit_between_bdat_chunks(verb: str) -> None:
+    """From the first BDAT to BDAT LAST only BDAT may follow; a refused chunk ends
+    the transaction, so RSET is allowed again."""
+    core = _ready_core()
+    core.send(Command("MAIL", "FROM:<a@b.c>"))
+    core.send(Command("RCPT", "TO:<x@y.z>"))
+    core.send(Command("BDAT", "10"))
+    assert core.data_in_progress
+    with pytest.raises(LocalProtocolError, match="in progress"):
+        core.send(Command(verb))
+    core.receive_data(b"250 ok\r\n250 ok\r\n250 10 octets\r\n")
+    for _ in range(3):
+        core.next_reply()
+    assert core.state is State.CHUNKING
+    with pytest.raises(LocalProtocolError, match="in progress"):
+        core.send(Command(verb))
+    core.send(Command("BDAT", "3"))
+    core.receive_data(b"552 5.3.4 too big\r\n")
+    core.next_reply()
+    assert core.state is State.READY and not core.data_in_progress
+    core.send(Command(verb))
+
+
+def test_bdat_last_ends_the_data_at_once() -> None:
+    """BDAT LAST ends the data when it is sent, so the next MAIL may be pipelined."""
+    core = _ready_core()
+    core.send(Command("MAIL", "FROM:<a@b.c>"))
+    core.send(Command("RCPT", "TO:<x@y.z>"))
+    core.send(Command("BDAT", "5 LAST"))
+    assert not core.data_in_progress
+    core.send(Command("MAIL", "FROM:<a@b.c>"))
+    core.receive_data(b"250 ok\r\n250 ok\r\n250 queued\r\n250 ok\r\n")
+    assert [core.next_reply().code for _ in range(4)] == [250] * 4  # type: ignore[union-attr]
+    assert core.state is State.MAIL
+
+
+def test_hidden_secrets_are_masked_in_replies_and_transcript(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every registered form is masked in the reply returned and in the transcript;
+    a 334 challenge is returned intact (the mechanism needs it) and logged as ***."""
+    caplog.set_level("DEBUG", logger="smtpsubmit.transcript")
+    core = _ready_core()
+    core.hide("s3cret", "AHVzZXIAczNjcmV0")
+    core.send(Command("AUTH", "PLAIN AHVzZXIAczNjcmV0", secret=True))
+    core.receive_data(b"535-5.7.8 bad AHVzZXIAczNjcmV0\r\n535 5.7.8 (s3cret)\r\n")
+    reply = core.next_reply()
+    assert reply == Reply(535, "bad ***\n(***)", "5.7.8")
+    core.send(Command("AUTH", "LOGIN"))
+    core.receive_data(b"334 czNjcmV0\r\n")
+    assert core.next_reply() == Reply(334, "czNjcmV0")
+    core.unhide()
+    core.send(Command("NOOP"))
+    core.receive_data(b"250 s3cret is no longer hidden\r\n")
+    assert core.next_reply() == Reply(250, "s3cret is no longer hidden")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "AHVzZXIAczNjcmV0" not in logged and "(***)" in logged
+
+
+@pytest.mark.parametrize(
+    ("argument", "secret", "shown"),
+    [
+        ("PLAIN AHVzZXIAczNjcmV0", True, "AUTH PLAIN ***"),
+        ("CRAM-MD5", False, "AUTH CRAM-MD5"),
+        ("LOGIN", False, "AUTH LOGIN"),
+    ],
+)
+def test_auth_line_shows_stars_only_for_a_response(argument: str, secret: bool, shown: str) -> None:
+    assert Command("AUTH", argument, "auth", secret=secret).loggable() == shown
 
 
 def test_refused_mail_in_a_pipeline_returns_to_ready() -> None:
@@ -245,7 +357,9 @@ def test_transcript_masks_auth(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def wire(chunks: list[bytes]) -> bytes:
-    return b"".join(encode_data(chunks))
+    """The complete DATA payload for ``chunks``."""
+    encoder = DataEncoder()
+    return b"".join([*(encoder.feed(chunk) for chunk in chunks), encoder.end()])
 
 
 @pytest.mark.parametrize(

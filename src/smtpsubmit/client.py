@@ -14,7 +14,6 @@ inside code that already runs an event loop.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -86,7 +85,7 @@ class _Base:
     ) -> Flow[SubmitResult]:
         """The session flow that sends one message (both drivers run it)."""
         session = self._require_session()
-        envelope, source, rewindable = prepare_submission(
+        envelope, source, _ = prepare_submission(
             message,
             session,
             sender=sender,
@@ -94,7 +93,7 @@ class _Base:
             dsn=dsn,
             require_tls=require_tls,
         )
-        return session.send_message(envelope, source, progress, rewindable=rewindable)
+        return session.send_message(envelope, source, progress)
 
     def _receive_timeout(self, op: Receive) -> float:
         """Each reply must complete within the timeout, however slowly it trickles."""
@@ -170,6 +169,8 @@ class Client(_Base):
                 try:
                     op = flow.throw(error) if error is not None else flow.send(value)
                 except StopIteration as stop:
+                    if not session.reusable:  # e.g. a follow-up transaction lost the line
+                        self._discard()
                     return stop.value  # type: ignore[no-any-return]
                 value, error = None, None
                 try:
@@ -187,7 +188,7 @@ class Client(_Base):
                     error = exc
         except BaseException:
             flow.close()
-            if session.broken or not isinstance(_current_exception(), SmtpError):
+            if not session.reusable:  # the session decides: a refusal keeps the connection
                 self._discard()
             raise
 
@@ -230,7 +231,7 @@ class Client(_Base):
     def close(self) -> None:
         """QUIT (when the session is healthy) and close; never raises."""
         session = self._session
-        if session is not None and not session.broken:
+        if session is not None and session.reusable:
             with contextlib.suppress(SmtpError):
                 self._run(session.quit())
         self._discard()
@@ -293,6 +294,8 @@ class AsyncClient(_Base):
                 try:
                     op = flow.throw(error) if error is not None else flow.send(value)
                 except StopIteration as stop:
+                    if not session.reusable:  # e.g. a follow-up transaction lost the line
+                        self._discard()
                     return stop.value  # type: ignore[no-any-return]
                 value, error = None, None
                 try:
@@ -310,8 +313,8 @@ class AsyncClient(_Base):
                     error = exc
         except BaseException:
             flow.close()
-            if session.broken or not isinstance(_current_exception(), SmtpError):
-                self._discard()  # cancelled or interrupted: the connection state is unknown
+            if not session.reusable:  # cancelled, interrupted, lost: the state is unknown
+                self._discard()
             raise
 
     async def send(
@@ -349,11 +352,10 @@ class AsyncClient(_Base):
         return await self._run(self._require_session().reset())
 
     async def close(self) -> None:
-        session = self._session
-        if session is not None and not session.broken:
+        session, stream = self._session, self._stream
+        if session is not None and session.reusable:
             with contextlib.suppress(SmtpError):
                 await self._run(session.quit())
-        stream = self._stream
         self._discard()
         if stream is not None:
             await stream.aclose()
@@ -370,10 +372,4 @@ def _polite_quit(session: Session, exc: SmtpError) -> bool:
     A refused greeting already said QUIT, and a TLS failure must send nothing
     more on a connection that may be under attack.
     """
-    return (
-        isinstance(exc, AuthError) and not session.broken and session.core.state.value != "closed"
-    )
-
-
-def _current_exception() -> BaseException | None:
-    return sys.exc_info()[1]
+    return isinstance(exc, AuthError) and session.reusable

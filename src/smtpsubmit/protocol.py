@@ -14,8 +14,18 @@ Rules of the state machine, all enforced in :class:`SmtpProtocol`:
   returns to ``READY``). Replies are matched to commands strictly in order.
 * After a 354 reply to DATA the core is in ``DATA`` and accepts only message
   data until the terminating ``CRLF.CRLF``; the reply to that dot ends the
-  transaction (``READY``).
+  transaction (``READY``). With CHUNKING, a ``BDAT`` without ``LAST`` leads to
+  ``CHUNKING``, where only further ``BDAT`` commands are allowed; ``BDAT …
+  LAST`` (or a refused chunk) ends the transaction.
 * ``RSET`` returns to ``READY`` from any transaction state; ``QUIT`` closes.
+  Neither is allowed while message data is in progress (after ``DATA`` until
+  the end of the data is sent, between the first ``BDAT`` and ``BDAT LAST``):
+  written there they would become part of the message.
+* Commands sent in the wrong state raise :class:`LocalProtocolError` before
+  anything is rendered (our misuse); a misbehaving server raises
+  :class:`ProtocolError` (theirs).
+* While secrets are registered with :meth:`SmtpProtocol.hide` (the AUTH
+  exchange), every form of them is masked in the replies returned and logged.
 * A reply line over 4 KiB, a reply over 100 lines or 64 KiB, a malformed code,
   a NUL or bytes that are not UTF-8 are a :class:`ProtocolError` (the peer is
   hostile or broken; the connection must not be reused).
@@ -44,6 +54,7 @@ __all__ = [
     "Command",
     "DataEncoder",
     "LineEndingNormalizer",
+    "LocalProtocolError",
     "SmtpProtocol",
     "State",
     "xtext",
@@ -61,8 +72,9 @@ _REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])(?:([ -])(.*))?$", re.DOTALL)
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
 
-class UsageError(RuntimeError):
-    """A command was issued in a state that does not allow it (our bug, not the peer's)."""
+class LocalProtocolError(RuntimeError):
+    """A command was issued in a state that does not allow it: misuse on our side,
+    not the peer's (h11's name). Raised before anything is written."""
 
 
 class State(enum.Enum):
@@ -71,7 +83,11 @@ class State(enum.Enum):
     READY = "ready"
     MAIL = "mail"
     DATA = "data"
+    CHUNKING = "chunking"
     CLOSED = "closed"
+
+
+_DATA_IN_PROGRESS = (State.DATA, State.CHUNKING)
 
 
 def check_argument(value: str, what: str = "command argument") -> str:
@@ -276,12 +292,13 @@ class SmtpProtocol:
         self._parser = ReplyParser()
         self._waiting: deque[Command] = deque([Command("<greeting>", stage="greeting")])
         self._projected = State.GREETING
+        self._secrets: tuple[str, ...] = ()
 
     # -- outgoing -------------------------------------------------------------------
 
     def send(self, command: Command) -> bytes:
         data = command.render()
-        self._check_order(command.verb)
+        self._check_order(command)
         self._waiting.append(command)
         if transcript.isEnabledFor(logging.DEBUG):
             transcript.debug("C: %s", command.loggable())
@@ -295,32 +312,63 @@ class SmtpProtocol:
         return encoded.encode("ascii") + b"\r\n"
 
     def send_data_end(self, stage: str = "data") -> None:
-        """Record that the end of the message data (dot or BDAT LAST) went out."""
+        """Record that the end of the DATA data (``CRLF.CRLF``) goes out now."""
+        if self._projected is not State.DATA:
+            raise LocalProtocolError(
+                f"no message data is in progress (state {self._projected.value})"
+            )
         self._waiting.append(Command("<end of data>", stage=stage))
+        self._projected = State.READY  # optimistic, like every command: the reply corrects it
 
-    def _check_order(self, verb: str) -> None:
-        state = self._projected
+    @property
+    def data_in_progress(self) -> bool:
+        """Whether message data has started and its end has not been sent."""
+        return self._projected in _DATA_IN_PROGRESS
+
+    @property
+    def closed(self) -> bool:
+        """QUIT was sent or the server closed the session (421)."""
+        return State.CLOSED in (self.state, self._projected)
+
+    def hide(self, *secrets: str) -> None:
+        """Also mask these strings in every reply until :meth:`unhide` (the AUTH
+        exchange: a server may echo what it was sent). Longest first, so a secret
+        inside another form is never left half-masked."""
+        found = {*self._secrets, *(s for s in secrets if s)}
+        self._secrets = tuple(sorted(found, key=len, reverse=True))
+
+    def unhide(self) -> None:
+        self._secrets = ()
+
+    def _check_order(self, command: Command) -> None:
+        verb, state = command.verb, self._projected
         if state is State.CLOSED:
-            raise UsageError("the session is closed")
+            raise LocalProtocolError("the session is closed")
+        if state in _DATA_IN_PROGRESS and verb != "BDAT":
+            raise LocalProtocolError(
+                f"{verb} is not allowed while message data is in progress (state {state.value})"
+            )
         if verb in ("EHLO", "HELO"):
             if state not in (State.CONNECTED, State.READY):
-                raise UsageError(f"{verb} is not allowed in state {state.value}")
+                raise LocalProtocolError(f"{verb} is not allowed in state {state.value}")
             self._projected = State.READY
         elif verb == "MAIL":
             if state is not State.READY:
-                raise UsageError(f"MAIL is not allowed in state {state.value}")
+                raise LocalProtocolError(f"MAIL is not allowed in state {state.value}")
             self._projected = State.MAIL
-        elif verb in ("RCPT", "DATA", "BDAT"):
+        elif verb in ("RCPT", "DATA") or (verb == "BDAT" and state is not State.CHUNKING):
             if state is not State.MAIL:
-                raise UsageError(f"{verb} needs a MAIL command first (state {state.value})")
+                raise LocalProtocolError(f"{verb} needs a MAIL command first (state {state.value})")
             if verb == "DATA":
                 self._projected = State.DATA
         elif verb == "RSET":
             self._projected = State.READY if state is not State.CONNECTED else state
         elif verb == "QUIT":
             self._projected = State.CLOSED
-        elif state in (State.GREETING, State.DATA):
-            raise UsageError(f"{verb} is not allowed in state {state.value}")
+        elif state is State.GREETING:
+            raise LocalProtocolError(f"{verb} is not allowed in state {state.value}")
+        if verb == "BDAT":
+            self._projected = State.READY if _is_last(command) else State.CHUNKING
 
     # -- incoming -------------------------------------------------------------------
 
@@ -328,9 +376,40 @@ class SmtpProtocol:
         self._parser.feed(data)
 
     def next_reply(self) -> Reply | None:
+        """The reply to the oldest waiting command, or None until it is complete.
+
+        A reply with no command waiting is a :class:`ProtocolError`, except a
+        421 (a server may close an idle session, RFC 5321 §3.8).
+        """
+        if not self._waiting:
+            reply = self.unsolicited_reply()
+            if reply is None or reply.code == 421:
+                return reply
+            raise ProtocolError(f"unexpected reply with no command waiting: {reply}")
+        reply = self._take()
+        if reply is not None:
+            self._advance(self._waiting.popleft(), reply)
+        return reply
+
+    def unsolicited_reply(self) -> Reply | None:
+        """A reply that arrived while no command was waiting, for the caller to judge.
+
+        The session is over either way: a 421 closes it, anything else means the
+        server is out of step with us.
+        """
+        if self._waiting:
+            raise LocalProtocolError("a command is waiting for this reply")
+        reply = self._take()
+        if reply is not None:
+            self.state = self._projected = State.CLOSED
+        return reply
+
+    def _take(self) -> Reply | None:
         reply = self._parser.next_reply()
         if reply is None:
             return None
+        if self._secrets and reply.code != 334:  # a 334 is logged masked and must stay intact
+            reply = _masked(reply, self._secrets)
         if transcript.isEnabledFor(logging.DEBUG):
             for line in _loggable_reply(reply):
                 transcript.debug("S: %s", line)
@@ -341,13 +420,6 @@ class SmtpProtocol:
                 reply.enhanced,
                 reply.code,
             )
-        if not self._waiting:
-            if reply.code == 421:  # a server may close an idle session (RFC 5321 3.8)
-                self.state = self._projected = State.CLOSED
-                return reply
-            raise ProtocolError(f"unexpected reply with no command waiting: {reply}")
-        command = self._waiting.popleft()
-        self._advance(command, reply)
         return reply
 
     @property
@@ -380,11 +452,9 @@ class SmtpProtocol:
             self.state = State.MAIL if ok else State.READY
         elif verb == "DATA" and reply.code == 354:
             self.state = State.DATA
-        elif (
-            verb == "<end of data>"
-            or (verb == "BDAT" and (not ok or "LAST" in command.argument))
-            or (verb == "RSET" and ok)
-        ):
+        elif verb == "BDAT" and ok and not _is_last(command):
+            self.state = State.CHUNKING
+        elif verb in ("<end of data>", "BDAT") or (verb == "RSET" and ok):
             self.state = State.READY
         elif verb == "QUIT":
             self.state = State.CLOSED
@@ -392,6 +462,21 @@ class SmtpProtocol:
             self.state = State.CLOSED
         if not self._waiting:  # the pipeline drained: what we projected is now known
             self._projected = self.state
+
+
+def _is_last(command: Command) -> bool:
+    return "LAST" in command.argument.upper().split()[1:]
+
+
+def _masked(reply: Reply, secrets: tuple[str, ...]) -> Reply:
+    """The reply with every registered secret form replaced by ``***``.
+
+    A server may echo the AUTH argument in its refusal (``535 … AGFsaWNl…``).
+    """
+    text = reply.text
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return reply if text == reply.text else Reply(reply.code, text, reply.enhanced)
 
 
 def _loggable_reply(reply: Reply) -> list[str]:
@@ -466,13 +551,3 @@ class DataEncoder:
         data = data.replace(b"\r\n.", b"\r\n..")
         self._at_line_start = data.endswith(b"\r\n")
         return data
-
-
-def encode_data(chunks: Iterable[bytes]) -> Iterable[bytes]:
-    """Convenience generator: the complete DATA payload for ``chunks``."""
-    encoder = DataEncoder()
-    for chunk in chunks:
-        out = encoder.feed(chunk)
-        if out:
-            yield out
-    yield encoder.end()

@@ -15,6 +15,10 @@ class SubmitResult:
 
     ``refused`` lists recipients the server turned down while the message
     went to the ``accepted`` ones (partial acceptance is not an error).
+    ``unknown`` lists recipients of a follow-up transaction (after a 452
+    deferral) whose answer to the end of the data was lost: they may have got
+    the message. They are also in ``refused``, with a synthetic 451 reply, so
+    that code which retries ``refused`` keeps at-least-once delivery.
     """
 
     message_id: str | None
@@ -23,6 +27,7 @@ class SubmitResult:
     refused: dict[str, Reply] = field(default_factory=dict)
     reply: Reply = field(default_factory=lambda: Reply(250))
     size: int = 0
+    unknown: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-friendly form (the CLI's ``--json``)."""
@@ -33,6 +38,7 @@ class SubmitResult:
             "refused": {a: _reply_dict(r) for a, r in self.refused.items()},
             "reply": _reply_dict(self.reply),
             "size": self.size,
+            "unknown": list(self.unknown),
         }
 
 

@@ -10,6 +10,11 @@ write the protocol twice). Failures the drivers meet (timeout, disconnect) are
 thrown back into the generator, so the session decides what they mean — for
 instance that a lost answer to the final dot is :class:`DeliveryStatusUnknown`.
 
+The session also owns connection health: :attr:`Session.reusable` says whether
+another operation may follow on this connection, :attr:`Session.closed` whether
+the connection is over and must be closed without another word. The drivers
+ask; they never guess from the exception they saw.
+
 Like :mod:`smtpsubmit.protocol`, this module does no I/O and reads no clock
 (the driver passes one in for progress reports).
 """
@@ -30,6 +35,7 @@ from smtpsubmit.errors import (
     DataRefused,
     DeliveryStatusUnknown,
     ExtensionUnavailable,
+    MessageError,
     MessageTooLarge,
     ProtocolError,
     RecipientsRefused,
@@ -44,15 +50,23 @@ from smtpsubmit.protocol import (
     Command,
     DataEncoder,
     LineEndingNormalizer,
+    LocalProtocolError,
     SmtpProtocol,
     State,
-    UsageError,
     check_argument,
-    xtext,
 )
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Option, Server
+from smtpsubmit.transaction import (
+    NOT_RETRIED,
+    check_envelope,
+    envelope_failure,
+    mail_command,
+    merge_results,
+    rcpt_command,
+    sort_recipients,
+)
 
 __all__ = ["Receive", "Send", "Session", "StartTls"]
 
@@ -97,12 +111,50 @@ Op = Send | Receive | StartTls
 Flow = Generator[Op, Any, T]
 
 
+# A refusal leaves the connection in step with the server: the session may go on.
+# Every other failure (lost connection, timeout, garbage, an interrupted flow)
+# leaves it in an unknown state.
+_REFUSALS = (
+    AuthError,
+    SenderRefused,
+    RecipientsRefused,
+    DataRefused,
+    MessageTooLarge,
+    ExtensionUnavailable,
+)
+
+_UNKNOWN = Reply(
+    451,
+    "delivery status unknown: the connection was lost after the end of the data was sent "
+    "(a retry may deliver twice)",
+    "4.4.2",
+)
+
+_RSET = Command("RSET", "", "mail")
+_DATA = Command("DATA", "", "data")
+
+
+class _Reporter:
+    """Progress reports for one transaction's data; elapsed time since the data began."""
+
+    def __init__(
+        self, callback: Callable[[Progress], object] | None, total: int, clock: Callable[[], float]
+    ) -> None:
+        self._callback, self._total, self._clock = callback, total, clock
+        self._started = clock()
+
+    def __call__(self, stage: str, sent: int) -> None:
+        if self._callback is not None:
+            total = (self._total or sent) if stage == "done" else self._total
+            self._callback(Progress(stage, sent, total, self._clock() - self._started))
+
+
 class Session:
     """One SMTP connection's protocol logic and what it has learnt.
 
-    The drivers call the flow methods and execute what they yield. After a
-    failure that leaves the connection in an unknown state ``broken`` is set,
-    and the driver must close the socket rather than reuse it.
+    The drivers call the flow methods and execute what they yield; after each
+    flow (returned or raised) they keep the connection only while
+    :attr:`reusable` is true.
     """
 
     def __init__(
@@ -120,9 +172,40 @@ class Session:
         self.is_tls = tls_info is not None
         self.tls_info: Any = tls_info
         self.greeting: Reply | None = None
-        self.broken = False
-        self.needs_reset = False
+        self.needs_reset = False  # a refused transaction is still open on the server
+        self._broken = False
         self._clock = clock
+
+    # -- health ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """The session is over (QUIT, 421) or the connection is in an unknown state:
+        close it without sending anything more."""
+        return self._broken or self.core.closed
+
+    @property
+    def reusable(self) -> bool:
+        """Another operation may start now: healthy, in step, between transactions."""
+        core = self.core
+        return (
+            not self.closed
+            and not core.waiting
+            and core.state in (State.READY, State.MAIL)
+            and not core.data_in_progress
+        )
+
+    def _failed(self, exc: BaseException) -> None:
+        """Take note of a failure on its way out: only a refusal keeps the connection."""
+        if not isinstance(exc, (*_REFUSALS, LocalProtocolError)):
+            self._broken = True
+
+    def _guard(self, flow: Flow[T]) -> Flow[T]:
+        try:
+            return (yield from flow)
+        except BaseException as exc:  # GeneratorExit too: the driver abandoned the flow
+            self._failed(exc)
+            raise
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -145,14 +228,19 @@ class Session:
         try:
             reply = self.core.next_reply()
         except ProtocolError as exc:
-            self.broken = True
             exc.stage = exc.stage or stage
             raise
         if reply is not None and reply.code == 421 and stage not in ("quit", "greeting"):
-            self.broken = True
             raise ServerDisconnected(
                 "the server is closing the connection", reply=reply, stage=stage
             )
+        return reply
+
+    def _read(self, command: Command) -> Flow[Reply]:
+        """The reply to a command already sent (pipelined): buffered, or read."""
+        reply = self._buffered_reply(command.stage)
+        if reply is None:
+            reply = yield from self._reply(command.stage)
         return reply
 
     def _command(self, command: Command) -> Flow[Reply]:
@@ -163,42 +251,41 @@ class Session:
     def _check_unsolicited(self, stage: str) -> None:
         """Refuse bytes the server sent while no command was waiting (catalogue S7).
 
-        Taken as the answer to the next command they would shift every later
-        reply by one. A 421 is the server closing an idle session (RFC 5321
-        §3.8): ServerDisconnected; anything else is a ProtocolError.
+        Taken as the answer to the next command (or to the end of the message
+        data) they would shift every later reply by one. A 421 is the server
+        closing the session (RFC 5321 §3.8): ServerDisconnected; anything else
+        is a ProtocolError.
         """
         if self.core.waiting or not self.core.has_buffered:
             return
-        self.broken = True
+        self._broken = True
+        in_data = self.core.data_in_progress
         try:
-            reply = self.core.next_reply()
+            reply = self.core.unsolicited_reply()
         except ProtocolError as exc:
             exc.stage = exc.stage or stage
             raise
         if reply is not None and reply.code == 421:
-            raise ServerDisconnected("the server closed the idle session", reply=reply, stage=stage)
+            raise ServerDisconnected("the server closed the session", reply=reply, stage=stage)
+        if reply is not None and not reply.is_positive and in_data:
+            # A refusal before the end of the data (a server that stops reading): no
+            # answer to our dot, but it does say that the message was not taken.
+            raise DataRefused(
+                "the server refused the message before all of it was sent", reply=reply, stage=stage
+            )
+        during = " before the message data was complete" if in_data else ""
         raise ProtocolError(
-            "the server sent data while no command was waiting for a reply", stage=stage
+            f"the server sent {reply or 'data'}{during} while no command was waiting for a reply",
+            stage=stage,
         )
 
     def _idle_check(self, stage: str) -> Flow[None]:
-        """Before the first command after an idle period: read what arrived meanwhile."""
+        """Read what arrived while nothing was asked (idle, or the data going out)."""
         if not self.core.waiting and not self.core.has_buffered:
             data = yield Receive(stage, poll=True)
             if data:
                 self.core.receive_data(data)
         self._check_unsolicited(stage)
-
-    def _guard(self, flow: Flow[T]) -> Flow[T]:
-        """Mark the session broken when a network-level failure passes through."""
-        try:
-            return (yield from flow)
-        except (ServerDisconnected, SmtpTimeout, ProtocolError, DeliveryStatusUnknown):
-            self.broken = True
-            raise
-        except GeneratorExit:
-            self.broken = True
-            raise
 
     # -- opening --------------------------------------------------------------------
 
@@ -266,6 +353,10 @@ class Session:
         yield from self._hello(name)
 
     def _authenticate(self) -> Flow[None]:
+        """The SASL exchange; every reply in it is masked for every form of the secret.
+
+        The mechanism counts the challenges (:data:`auth.MAX_CHALLENGES`).
+        """
         server = self.server
         offered = self.capabilities.auth_mechanisms
         if not offered:
@@ -282,25 +373,27 @@ class Session:
         )
         secret = auth.resolve_secret(server.password or "")
         mechanism = mechanism_class(server.username or "", secret)
-        initial = mechanism.initial_response()
-        argument = mechanism.name
-        if initial is not None:
-            argument += " " + (auth.b64(initial) or "=")
-        reply = yield from self._command(Command("AUTH", argument, "auth", secret=True))
-        rounds = 0
-        while reply.code == 334:
-            rounds += 1
-            if rounds > auth.MAX_CHALLENGES:
-                raise ProtocolError("too many SASL challenges", stage="auth")
-            challenge = auth.unb64(reply.text.strip())
-            try:
-                response = mechanism.respond(challenge)
-            except SmtpError:
-                yield Send(self.core.send_auth_response("*"), "auth")  # cancel the exchange
-                yield from self._reply("auth")
-                raise
-            yield Send(self.core.send_auth_response(auth.b64(response)), "auth")
-            reply = yield from self._reply("auth")
+        self.core.hide(secret, auth.b64(secret.encode("utf-8", "replace")))
+        try:
+            initial = mechanism.initial_response()
+            argument = mechanism.name
+            if initial is not None:
+                argument += " " + (self._hidden_b64(initial) or "=")
+            # Only an argument that carries a response is a secret in the transcript.
+            auth_command = Command("AUTH", argument, "auth", secret=initial is not None)
+            reply = yield from self._command(auth_command)
+            while reply.code == 334:
+                challenge = auth.unb64(reply.text.strip())
+                try:
+                    response = mechanism.respond(challenge)
+                except SmtpError:
+                    yield Send(self.core.send_auth_response("*"), "auth")  # cancel the exchange
+                    yield from self._reply("auth")
+                    raise
+                yield Send(self.core.send_auth_response(self._hidden_b64(response)), "auth")
+                reply = yield from self._reply("auth")
+        finally:
+            self.core.unhide()
         if reply.code != 235:
             raise AuthError(
                 f"authentication as {server.username!r} with {mechanism.name} failed",
@@ -309,6 +402,12 @@ class Session:
             )
         mechanism.finish(None)
 
+    def _hidden_b64(self, response: bytes) -> str:
+        """The base64 form of a SASL response, registered as a secret to mask."""
+        encoded = auth.b64(response)
+        self.core.hide(encoded)
+        return encoded
+
     # -- the mail transaction -------------------------------------------------------
 
     def send_message(
@@ -316,124 +415,77 @@ class Session:
         envelope: Envelope,
         source: Callable[[], Iterable[bytes]],
         progress: Callable[[Progress], object] | None = None,
-        *,
-        rewindable: bool = True,
     ) -> Flow[SubmitResult]:
         """MAIL, RCPT for each recipient, then DATA or BDAT.
 
-        ``source()`` yields the message bytes; when ``rewindable`` it is called
-        again for recipients a server deferred with 452 (too many recipients),
-        which go in a follow-up transaction on the same connection.
+        ``source()`` yields the message bytes; it is called again for
+        recipients a server deferred with 452 (too many recipients), which go
+        in a follow-up transaction on the same connection.
         """
-        return self._guard(self._send_message(envelope, source, progress, rewindable))
+        return self._guard(self._send_message(envelope, source, progress))
 
     def _send_message(
         self,
         envelope: Envelope,
         source: Callable[[], Iterable[bytes]],
         progress: Callable[[Progress], object] | None,
-        rewindable: bool,
     ) -> Flow[SubmitResult]:
         self.check_envelope(envelope)
         yield from self._idle_check("mail")
-        if self.needs_reset or self.core.state is not State.READY:
-            yield from self._rset()
+        if self.core.state is not State.READY:
+            self.needs_reset = True
         result = yield from self._transaction(envelope, envelope.recipients, source(), progress)
         done = {*result.accepted, *result.refused}
         deferred = [r for r in envelope.recipients if r not in done]
         limit = max(len(result.accepted), 1)  # the server's per-transaction limit, as seen
-        while deferred and rewindable:
+        while deferred:
+            batch = deferred[:limit]
             try:
-                more = yield from self._transaction(envelope, deferred[:limit], source(), progress)
-            except (RecipientsRefused, SenderRefused, DataRefused) as exc:
+                more = yield from self._transaction(envelope, batch, source(), progress)
+            except (SmtpError, MessageError) as exc:
                 # The message already went to the accepted recipients: report the rest
-                # as refused rather than raise, which would invite a duplicating retry.
-                refused = getattr(exc, "refused", {})
-                for rcpt in deferred[:limit]:
-                    result.refused[rcpt] = refused.get(rcpt, exc.reply or Reply(451, str(exc)))
-                deferred = deferred[limit:]
-                break
-            result = SubmitResult(
-                result.message_id,
-                result.sender,
-                result.accepted + more.accepted,
-                {**result.refused, **more.refused},
-                more.reply,
-                result.size,
-            )
+                # rather than raise, which would invite a retry that duplicates it.
+                return self._partial(result, batch, deferred[limit:], exc)
+            result = merge_results(result, more)
             done = {*more.accepted, *more.refused}
             deferred = [r for r in deferred if r not in done]
-        for rcpt in deferred:
-            result.refused[rcpt] = Reply(452, "too many recipients; not retried", "4.5.3")
         return result
+
+    def _partial(
+        self, result: SubmitResult, batch: list[str], rest: list[str], exc: Exception
+    ) -> SubmitResult:
+        """What was delivered, after a follow-up transaction failed with ``exc``."""
+        self._failed(exc)
+        refused = dict(result.refused)
+        unknown = list(result.unknown)
+        if isinstance(exc, _REFUSALS):
+            by_address: dict[str, Reply] = getattr(exc, "refused", {})
+            fallback = exc.reply or Reply(451, f"not sent: {exc}", "4.5.0")
+            refused.update({r: by_address.get(r, fallback) for r in batch})
+            refused.update(dict.fromkeys(rest, NOT_RETRIED))
+        else:
+            lost = getattr(exc, "reply", None) or Reply(
+                451, "not sent: the connection failed before this transaction ended", "4.4.2"
+            )
+            if isinstance(exc, DeliveryStatusUnknown):
+                unknown += batch
+                refused.update(dict.fromkeys(batch, _UNKNOWN))
+            else:
+                refused.update(dict.fromkeys(batch, lost))
+            refused.update(dict.fromkeys(rest, lost))
+        return SubmitResult(
+            result.message_id,
+            result.sender,
+            result.accepted,
+            refused,
+            result.reply,
+            result.size,
+            unknown,
+        )
 
     def check_envelope(self, envelope: Envelope) -> None:
         """Refuse, before anything is sent, what this server cannot take."""
-        caps = self.capabilities
-        if envelope.smtputf8 and "SMTPUTF8" not in caps:
-            raise ExtensionUnavailable(
-                "the message has a non-ASCII address but the server does not offer SMTPUTF8"
-                + ("" if self.esmtp else " (ESMTP is off: set Option.EXTENDED)"),
-                extension="SMTPUTF8",
-                stage="mail",
-            )
-        if envelope.eight_bit and "8BITMIME" not in caps:
-            raise ExtensionUnavailable(
-                "the message has 8-bit data but the server does not offer 8BITMIME",
-                extension="8BITMIME",
-                stage="mail",
-            )
-        if envelope.dsn is not None and envelope.dsn.required and "DSN" not in caps:
-            raise ExtensionUnavailable(
-                "delivery status notifications were asked for but the server does not offer "
-                "DSN (use DSN(required=False) to send without)",
-                extension="DSN",
-                stage="mail",
-            )
-        if envelope.require_tls and not (self.is_tls and "REQUIRETLS" in caps):
-            raise ExtensionUnavailable(
-                "REQUIRETLS needs a TLS connection to a server that offers REQUIRETLS",
-                extension="REQUIRETLS",
-                stage="mail",
-            )
-        limit = caps.size_limit
-        if limit is not None and envelope.size > limit:
-            raise MessageTooLarge(
-                f"the message ({envelope.size} octets) is larger than the server's limit "
-                f"({limit} octets)",
-                stage="mail",
-            )
-
-    def _mail_command(self, envelope: Envelope) -> Command:
-        caps = self.capabilities
-        params: list[str] = []
-        if "SIZE" in caps and envelope.size:
-            params.append(f"SIZE={envelope.size}")
-        if envelope.eight_bit:
-            # RFC 3030: with BDAT, BINARYMIME is the body type that needs no line rules.
-            binary = "CHUNKING" in caps and "BINARYMIME" in caps
-            params.append("BODY=BINARYMIME" if binary else "BODY=8BITMIME")
-        if envelope.smtputf8:
-            params.append("SMTPUTF8")
-        dsn = envelope.dsn
-        if dsn is not None and "DSN" in caps:
-            if dsn.ret:
-                params.append(f"RET={dsn.ret}")
-            if dsn.envid:
-                params.append(f"ENVID={xtext(dsn.envid)}")
-        if envelope.require_tls:
-            params.append("REQUIRETLS")
-        params.extend(envelope.extra_mail_params)
-        return Command("MAIL", " ".join([f"FROM:<{envelope.sender}>", *params]), "mail")
-
-    def _rcpt_command(self, envelope: Envelope, recipient: str) -> Command:
-        params: list[str] = []
-        dsn = envelope.dsn
-        if dsn is not None and "DSN" in self.capabilities:
-            params.append("NOTIFY=" + ",".join(dsn.notify))
-            if recipient.isascii():
-                params.append(f"ORCPT=rfc822;{xtext(recipient)}")
-        return Command("RCPT", " ".join([f"TO:<{recipient}>", *params]), "rcpt")
+        check_envelope(envelope, self.capabilities, is_tls=self.is_tls, esmtp=self.esmtp)
 
     def _transaction(
         self,
@@ -442,86 +494,85 @@ class Session:
         chunks: Iterable[bytes],
         progress: Callable[[Progress], object] | None,
     ) -> Flow[SubmitResult]:
-        chunking = "CHUNKING" in self.capabilities
-        mail = self._mail_command(envelope)
-        rcpts = [self._rcpt_command(envelope, r) for r in recipients]
-        self.needs_reset = True  # until the transaction ends cleanly
-        if "PIPELINING" in self.capabilities:
-            batch = [mail, *rcpts] + ([] if chunking else [Command("DATA", "", "data")])
-            self._check_unsolicited("mail")
-            yield Send(b"".join(self.core.send(c) for c in batch), "mail")
-            replies = []
-            for command in batch:
-                reply = self._buffered_reply(command.stage)
-                if reply is None:
-                    reply = yield from self._reply(command.stage)
-                replies.append(reply)
+        caps = self.capabilities
+        chunking = "CHUNKING" in caps
+        mail = mail_command(envelope, caps)
+        rcpts = [rcpt_command(envelope, r, caps) for r in recipients]
+        if "PIPELINING" in caps:
+            replies = yield from self._pipelined([mail, *rcpts] + ([] if chunking else [_DATA]))
             mail_reply, rcpt_replies = replies[0], replies[1 : 1 + len(rcpts)]
             data_reply = None if chunking else replies[-1]
         else:
+            if self.needs_reset:
+                yield from self._rset()
             mail_reply = yield from self._command(mail)
             rcpt_replies = []
             if mail_reply.is_positive:
                 for command in rcpts:
                     rcpt_replies.append((yield from self._command(command)))
             data_reply = None
-        accepted, refused = _sort_recipients(recipients, rcpt_replies)
-        failure = self._envelope_failure(mail_reply, accepted, refused, envelope)
+        accepted, refused = sort_recipients(recipients, rcpt_replies)
+        failure = envelope_failure(envelope, mail_reply, accepted, refused)
         if failure is not None:
-            if data_reply is not None and data_reply.code == 354:
-                # A server that said 354 with nobody to deliver to gets an empty message
-                # that it must refuse; the body is never sent.
-                self.core.send_data_end()
-                yield Send(b".\r\n", "data")
-                yield from self._reply("data")
-            yield from self._reset_after_failure()
+            yield from self._abandon(data_reply)
             raise failure
+        report = _Reporter(progress, envelope.size, self._clock)
         if chunking:
-            final, size = yield from self._send_bdat(envelope, chunks, progress)
+            final, size = yield from self._send_bdat(chunks, report)
         else:
             if data_reply is None:
-                data_reply = yield from self._command(Command("DATA", "", "data"))
+                data_reply = yield from self._command(_DATA)
             if data_reply.code != 354:
-                yield from self._reset_after_failure()
+                yield from self._after_refusal()
                 raise DataRefused("the server refused DATA", reply=data_reply, stage="data")
-            final, size = yield from self._send_data(envelope, chunks, progress)
-        if not final.is_positive:
-            yield from self._reset_after_failure()
+            final, size = yield from self._send_data(chunks, report)
+        if not final.is_positive:  # the answer to the end of the data ends the transaction
             raise DataRefused("the server refused the message", reply=final, stage="data")
-        self.needs_reset = False
-        if progress is not None:
-            progress(Progress("done", size, envelope.size or size, self._clock()))
+        report("done", size)
         return SubmitResult(envelope.message_id, envelope.sender, accepted, refused, final, size)
 
-    def _envelope_failure(
-        self,
-        mail_reply: Reply,
-        accepted: list[str],
-        refused: dict[str, Reply],
-        envelope: Envelope,
-    ) -> SmtpError | None:
-        if not mail_reply.is_positive:
-            return SenderRefused(
-                f"the server refused the sender <{envelope.sender}>", reply=mail_reply, stage="mail"
-            )
-        if accepted:
-            return None
-        first = next(iter(refused.values()), None)
-        return RecipientsRefused(
-            "the server refused every recipient; no message data was sent",
-            refused=refused,
-            reply=first,
-        )
+    def _pipelined(self, batch: list[Command]) -> Flow[list[Reply]]:
+        """Send the commands in one write (after a pending RSET) and read their replies.
 
-    def _send_data(
-        self,
-        envelope: Envelope,
-        chunks: Iterable[bytes],
-        progress: Callable[[Progress], object] | None,
-    ) -> Flow[tuple[Reply, int]]:
+        A pending RSET rides in the same write and its reply is read first: a
+        single send on a used connection never waits for it. Refused, the
+        connection is out of step (the MAIL behind it may have been taken): it
+        is given up before any message data is sent.
+        """
+        reset = self.needs_reset
+        self._check_unsolicited("mail")
+        commands = [_RSET, *batch] if reset else batch
+        yield Send(b"".join(self.core.send(c) for c in commands), "mail")
+        if reset:
+            self._check_reset((yield from self._read(_RSET)))
+        replies = []
+        for command in batch:
+            replies.append((yield from self._read(command)))
+        return replies
+
+    def _abandon(self, data_reply: Reply | None) -> Flow[None]:
+        """End a transaction whose envelope failed."""
+        if data_reply is None or data_reply.code != 354:
+            yield from self._after_refusal()
+            return
+        # A server that said 354 with nobody to deliver to gets an empty message
+        # that it must refuse; the body is never sent. It broke the rules once:
+        # reset now, to know at once whether it is still in step.
+        yield from self._idle_check("data")
+        self.core.send_data_end()
+        yield Send(b".\r\n", "data")
+        yield from self._reply("data")
+        yield from self._reset_after_failure()
+
+    def _after_refusal(self) -> Flow[None]:
+        """Leave a refused transaction: RSET now, or with the next MAIL when pipelining."""
+        self.needs_reset = True
+        if "PIPELINING" not in self.capabilities:
+            yield from self._reset_after_failure()
+
+    def _send_data(self, chunks: Iterable[bytes], report: _Reporter) -> Flow[tuple[Reply, int]]:
+        self._check_unsolicited("data")  # a reply glued to the 354 answers nothing
         encoder = DataEncoder()
-        started = self._clock()
-        total = envelope.size
         pending: list[bytes] = []
         pending_size = 0
         for chunk in chunks:
@@ -533,9 +584,9 @@ class Session:
             if pending_size >= WRITE_BATCH:
                 yield Send(b"".join(pending), "data")
                 pending, pending_size = [], 0
-                if progress is not None:
-                    progress(Progress("data", encoder.octets, total, self._clock() - started))
+                report("data", encoder.octets)
         pending.append(encoder.end())
+        yield from self._idle_check("data")  # nothing may answer the dot before it is sent
         self.core.send_data_end()
         transcript.debug("C: <message data: %d octets>", encoder.octets)
         transcript.debug("C: .")
@@ -543,14 +594,8 @@ class Session:
         final = yield from self._final_reply()
         return final, encoder.octets
 
-    def _send_bdat(
-        self,
-        envelope: Envelope,
-        chunks: Iterable[bytes],
-        progress: Callable[[Progress], object] | None,
-    ) -> Flow[tuple[Reply, int]]:
+    def _send_bdat(self, chunks: Iterable[bytes], report: _Reporter) -> Flow[tuple[Reply, int]]:
         normalizer = LineEndingNormalizer()
-        started = self._clock()
         pending = bytearray()
         sent = 0
         for chunk in chunks:
@@ -558,23 +603,29 @@ class Session:
             while len(pending) >= BDAT_CHUNK:
                 piece = bytes(pending[:BDAT_CHUNK])
                 del pending[:BDAT_CHUNK]
-                header = self.core.send(Command("BDAT", str(len(piece)), "data"))
-                transcript.debug("C: <message data: %d octets>", len(piece))
-                yield Send(header + piece, "data")
+                yield from self._bdat(piece, last=False)
                 reply = yield from self._reply("data")
                 sent += len(piece)
                 if not reply.is_positive:
+                    # Reset at once: a server that refused in the middle of a chunk and
+                    # read the rest as commands shows it here (then the connection goes).
                     yield from self._reset_after_failure()
                     raise DataRefused("the server refused a BDAT chunk", reply=reply, stage="data")
-                if progress is not None:
-                    progress(Progress("data", sent, envelope.size, self._clock() - started))
-        pending += normalizer.flush()
-        header = self.core.send(Command("BDAT", f"{len(pending)} LAST", "data"))
-        transcript.debug("C: <message data: %d octets>", len(pending))
-        yield Send(header + bytes(pending), "data")
+                report("data", sent)
+        pending += normalizer.flush()  # the size is declared after the final CRLF is added
+        yield from self._idle_check("data")
+        yield from self._bdat(bytes(pending), last=True)
         sent += len(pending)
         final = yield from self._final_reply()
         return final, sent
+
+    def _bdat(self, piece: bytes, *, last: bool) -> Flow[None]:
+        """One ``BDAT`` command with its chunk, in one write."""
+        self._check_unsolicited("data")
+        size = f"{len(piece)} LAST" if last else str(len(piece))
+        header = self.core.send(Command("BDAT", size, "data"))
+        transcript.debug("C: <message data: %d octets>", len(piece))
+        yield Send(header + piece, "data")
 
     def _final_reply(self) -> Flow[Reply]:
         """The answer to the end of the data; losing it leaves delivery unknown."""
@@ -583,7 +634,6 @@ class Session:
         except (ServerDisconnected, SmtpTimeout) as exc:
             if exc.reply is not None and exc.reply.code == 421:
                 raise  # an explicit 421 says the message was not taken
-            self.broken = True
             raise DeliveryStatusUnknown(
                 "the connection was lost after the end of the message data was sent and "
                 "before the server answered: the message may or may not have been accepted "
@@ -598,10 +648,14 @@ class Session:
         return self._guard(self._after_idle("mail", self._rset()))
 
     def _rset(self) -> Flow[Reply]:
-        reply = yield from self._command(Command("RSET", "", "mail"))
+        return self._check_reset((yield from self._command(_RSET)))
+
+    def _check_reset(self, reply: Reply) -> Reply:
         if not reply.is_positive:
-            self.broken = True
-            raise ProtocolError("the server refused RSET", reply=reply, stage="mail")
+            self._broken = True
+            raise ProtocolError(
+                "the server refused RSET; the connection is given up", reply=reply, stage="mail"
+            )
         self.needs_reset = False
         return reply
 
@@ -610,7 +664,7 @@ class Session:
         try:
             yield from self._rset()
         except SmtpError:
-            self.broken = True
+            self._broken = True
 
     def simple(self, verb: str, argument: str = "", stage: str = "mail") -> Flow[Reply]:
         """NOOP, VRFY, EXPN, HELP: one command, one reply, returned as it is."""
@@ -622,28 +676,9 @@ class Session:
         return (yield from flow)
 
     def quit(self) -> Flow[Reply]:
-        reply = yield from self._command(Command("QUIT", "", "quit"))
-        return reply
+        return self._guard(self._command(Command("QUIT", "", "quit")))
 
     def _quit_quietly(self) -> Flow[None]:
         """Say QUIT without waiting for the answer; a failure here changes nothing."""
-        with contextlib.suppress(SmtpError, UsageError):
+        with contextlib.suppress(SmtpError, LocalProtocolError):
             yield Send(self.core.send(Command("QUIT", "", "quit")), "quit")
-
-
-def _sort_recipients(
-    recipients: list[str], replies: list[Reply]
-) -> tuple[list[str], dict[str, Reply]]:
-    """Accepted, refused; a 452 after an accepted recipient is deferred, not refused."""
-    accepted: list[str] = []
-    refused: dict[str, Reply] = {}
-    for recipient, reply in zip(recipients, replies, strict=False):
-        if reply.is_positive:
-            accepted.append(recipient)
-        elif reply.code == 452 and accepted:
-            continue  # "too many recipients": sent in a follow-up transaction
-        else:
-            refused[recipient] = reply
-    for recipient in recipients[len(replies) :]:
-        refused[recipient] = Reply(503, "not tried: the sender was refused")
-    return accepted, refused
