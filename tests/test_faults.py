@@ -39,6 +39,7 @@ from smtpsubmit import (
     DSN,
     AsyncClient,
     Attachment,
+    AuthError,
     Client,
     ConnectError,
     DataRefused,
@@ -46,6 +47,7 @@ from smtpsubmit import (
     Message,
     MessageError,
     Option,
+    Progress,
     ProtocolError,
     RecipientsRefused,
     SenderRefused,
@@ -1069,3 +1071,284 @@ def test_X6_enhanced_code_disagreeing_with_basic_code(
     assert any("4.2.2" in r.getMessage() and r.levelno >= logging.WARNING for r in logs.records), (
         "mismatch not logged"
     )
+
+
+# =========================================================================== 3.7 endings
+
+
+def _follow_up_fails_with(fault: list[Step]) -> dict[str, Any]:
+    """Two recipients per transaction (452 after them); the follow-up MAIL meets ``fault``."""
+    rules = _limited_rcpt(2)
+    first_mail = rules["MAIL"]
+
+    def mail(line: bytes, n: int) -> Any:
+        return first_mail(line, n) if n == 0 else fault
+
+    return {**rules, "MAIL": mail}
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        ([Send(b"421 4.3.2 shutting down\r\n"), Close()], 421),
+        ([Close()], 451),
+        ([Reset()], 451),
+        ([Delay(3)], 451),
+    ],
+    ids=["421", "close", "reset", "timeout"],
+)
+def test_X3_follow_up_cut_keeps_what_was_delivered(
+    driver: Any, fake_smtp: Any, logs: Any, fault: list[Step], code: int
+) -> None:
+    """The first transaction was delivered; the follow-up for the deferred recipients
+    loses the connection: the partial result comes back (a raise would make the caller
+    send the message to the first two again), the rest refused and temporary."""
+    fake = fake_smtp(responder(replies=_follow_up_fails_with(fault)), check=False)
+    rcpts = [f"r{i}@example.org" for i in range(4)]
+    result = submit(driver, fake, recipients=rcpts, server=server_for(fake, timeout=1))
+    assert isinstance(result, SubmitResult), result
+    assert result.accepted == rcpts[:2] and result.unknown == []
+    assert {r: reply.code for r, reply in result.refused.items()} == dict.fromkeys(rcpts[2:], code)
+    assert all(reply.is_temporary for reply in result.refused.values())
+    assert len(fake.data) == 1
+    assert_no_secret(logs, result)
+
+
+def test_X3_follow_up_answer_lost_marks_those_recipients_unknown(
+    driver: Any, fake_smtp: Any, logs: Any
+) -> None:
+    """The follow-up's dot went out and the connection closed: the first batch stays
+    delivered, the second is ``unknown`` (it may have been delivered too)."""
+    rules = _limited_rcpt(2)
+
+    def data(line: bytes, n: int) -> Any:
+        if n == 0:
+            return [Send(b"354 go\r\n"), ReadData(), Send(b"250 2.0.0 queued\r\n")]
+        return [Send(b"354 go\r\n"), ReadData(), Close()]
+
+    fake = fake_smtp(responder(replies={**rules, "DATA": data}), check=False)
+    rcpts = [f"r{i}@example.org" for i in range(4)]
+    result = submit(driver, fake, recipients=rcpts)
+    assert result.accepted == rcpts[:2] and result.unknown == rcpts[2:]
+    assert all("unknown" in result.refused[r].text for r in rcpts[2:])
+    assert len(fake.data) == 2
+    assert_no_secret(logs, result)
+
+
+def test_X3_452_before_any_acceptance_is_a_temporary_refusal(
+    driver: Any, fake_smtp: Any, logs: Any
+) -> None:
+    """A 452 to the first (or only) RCPT: nothing was accepted, so it is a refusal —
+    temporary, with the 452 for each address — and no data goes out."""
+    for rcpts in (RCPT, ["x@example.org", "y@example.org"]):
+        rules = {"RCPT": "452 4.5.3 too many recipients", "DATA": "554 5.5.1 no recipients"}
+        fake = fake_smtp(responder(replies=rules))
+        with pytest.raises(SmtpError) as info:
+            submit(driver, fake, recipients=rcpts)
+        err = check_failure(info, RecipientsRefused, stage="rcpt", code=452, logs=logs)
+        assert err.is_temporary
+        assert {r: reply.code for r, reply in err.refused.items()} == dict.fromkeys(rcpts, 452)
+        assert fake.data == []
+
+
+def test_S7_reply_glued_to_354_is_never_the_answer(driver: Any, fake_smtp: Any, logs: Any) -> None:
+    """``354`` and ``250 early`` in one segment, then 554 after the dot: the early 250
+    answers nothing. A ProtocolError, no SubmitResult, and the body never goes out."""
+    fake = fake_smtp(
+        responder(
+            replies={
+                "DATA": [
+                    Send(b"354 go\r\n250 2.0.0 early\r\n"),
+                    ReadData(timeout=2),
+                    Send(b"554 5.7.1 no\r\n"),
+                ]
+            }
+        ),
+        check=False,
+    )
+    with pytest.raises(SmtpError) as info:
+        submit(driver, fake)
+    check_failure(info, ProtocolError, stage="data", logs=logs)
+    assert fake.join(5)
+    assert b"Hello." not in fake.transcript[0] and fake.data == []
+
+
+@pytest.mark.parametrize("where", ["after-rcpt", "after-chunk"])
+def test_S7_extra_reply_before_bdat_last_is_never_the_answer(
+    driver: Any, fake_smtp: Any, logs: Any, where: str
+) -> None:
+    """With CHUNKING: one reply too many (after the RCPT, or after a chunk) must not
+    be taken as the answer to ``BDAT LAST``."""
+    caps = ("CHUNKING", "PIPELINING", "AUTH PLAIN")
+    if where == "after-rcpt":
+        body = RAW
+        replies: dict[str, Any] = {"RCPT": "250 2.1.5 ok\r\n250 2.0.0 early"}
+    else:
+        body = RAW + b"c" * 1_100_000
+
+        def bdat(line: bytes, n: int) -> list[Step]:
+            answer = b"250 chunk\r\n250 2.0.0 early\r\n" if n == 0 else b"554 5.7.1 no\r\n"
+            return [ReadBytesOf(line), Send(answer)]
+
+        replies = {"BDAT": bdat}
+    fake = fake_smtp(responder(capabilities=caps, replies=replies), check=False)
+    with pytest.raises(SmtpError) as info:
+        submit(driver, fake, body)
+    check_failure(info, ProtocolError, stage="data", logs=logs)
+    assert fake.join(5)
+    assert b"LAST" not in fake.transcript[0] and fake.data == []
+
+
+@pytest.mark.parametrize("tail", [b"Hello.", b"Hello.\r"], ids=["no-newline", "bare-CR"])
+def test_X4_bdat_last_counts_the_final_crlf(
+    driver: Any, fake_smtp: Any, logs: Any, tail: bytes
+) -> None:
+    """A ready message that does not end in CRLF: ``BDAT n LAST`` declares exactly the
+    octets sent, and the stored message ends in CRLF."""
+    fake = fake_smtp(responder(capabilities=("CHUNKING", "PIPELINING", "AUTH PLAIN")))
+    body = RAW.removesuffix(b"Hello.\r\n") + tail
+    result = submit(driver, fake, body, server=server_for(fake))
+    fake.assert_ok()
+    (stored,) = fake.data
+    assert stored == RAW and result.size == len(RAW)
+    (bdat,) = [c for c in fake.commands[0] if c.startswith(b"BDAT")]
+    assert bdat == f"BDAT {len(RAW)} LAST".encode()
+
+
+def test_X4_server_reading_a_refused_chunk_as_commands_loses_the_connection(
+    driver: Any, fake_smtp: Any, logs: Any
+) -> None:
+    """Exim answers 552 in the middle of a BDAT chunk and reads the rest as commands:
+    the RSET after the refusal gets a 500, so the connection is closed (DataRefused
+    carries the 552) and the next call finds the client disconnected."""
+    refuse = [
+        ReadBytes(1000),
+        Send(b"552 5.3.4 message too big\r\n"),
+        Expect(rb".*"),
+        Send(b"500 5.5.1 unrecognized command\r\n"),
+        Expect(rb".*"),
+        Send(b"500 5.5.1 too many unrecognized commands\r\n"),
+        Close(),
+    ]
+    fake = fake_smtp(
+        responder(capabilities=("CHUNKING", "PIPELINING", "AUTH PLAIN"), replies={"BDAT": refuse}),
+        check=False,
+    )
+    body = RAW + b"c" * 70 * 20_000
+    first, second = driver.session(
+        server_for(fake), [call("send", body, sender=SENDER, recipients=RCPT), call("noop")]
+    )
+    assert isinstance(first, DataRefused), first
+    assert first.reply is not None and first.reply.code == 552 and first.stage == "data"
+    assert isinstance(second, ServerDisconnected), second
+    assert_no_secret(logs, first, second)
+
+
+def _first_rcpt_refused() -> dict[str, Any]:
+    """The first transaction's only recipient is refused (and its pipelined DATA too)."""
+
+    def rcpt(line: bytes, n: int) -> bytes:
+        return b"550 5.1.1 nobody\r\n" if n == 0 else b"250 2.1.5 ok\r\n"
+
+    def data(line: bytes, n: int) -> Any:
+        if n == 0:
+            return b"554 5.5.1 no valid recipients\r\n"
+        return [Send(b"354 go\r\n"), ReadData(), Send(b"250 2.0.0 queued\r\n")]
+
+    return {"RCPT": rcpt, "DATA": data}
+
+
+def test_X5_pending_rset_rides_with_the_next_mail(driver: Any, fake_smtp: Any, logs: Any) -> None:
+    """After a refusal on a pipelining server, the next send writes RSET, MAIL, RCPT and
+    DATA at once and never waits for the RSET reply on its own: one read per round trip
+    on the server side (EHLO, AUTH, envelope, RSET+envelope, data, QUIT)."""
+
+    fake = fake_smtp(responder(replies=_first_rcpt_refused()))
+    first, second = driver.session(
+        server_for(fake),
+        [call("send", RAW, sender=SENDER, recipients=RCPT) for _ in range(2)],
+    )
+    assert isinstance(first, RecipientsRefused), first
+    assert isinstance(second, SubmitResult) and second.accepted == RCPT
+    fake.assert_ok()
+    verbs = [c.split(b" ")[0] for c in fake.commands[0] if not c.startswith(b"AUTH")]
+    assert verbs == [
+        b"EHLO",
+        b"MAIL",
+        b"RCPT",
+        b"DATA",
+        b"RSET",
+        b"MAIL",
+        b"RCPT",
+        b"DATA",
+        b"QUIT",
+    ]
+    assert fake.reads[0] == 6, fake.reads[0]
+    assert_no_secret(logs, first, second)
+
+
+def test_X5_refused_pipelined_rset_fails_cleanly(driver: Any, fake_smtp: Any, logs: Any) -> None:
+    """The RSET that rides with the next transaction is refused: that send fails with
+    the reply, writes no message data, and the connection is given up."""
+
+    rules = {**_first_rcpt_refused(), "RSET": "502 5.5.2 no RSET here"}
+    fake = fake_smtp(responder(replies=rules), check=False)
+    first, second, third = driver.session(
+        server_for(fake),
+        [call("send", RAW, sender=SENDER, recipients=RCPT) for _ in range(2)] + [call("noop")],
+    )
+    assert isinstance(first, RecipientsRefused), first
+    assert isinstance(second, ProtocolError), second
+    assert second.reply is not None and second.reply.code == 502 and second.stage == "mail"
+    assert isinstance(third, ServerDisconnected), third
+    assert fake.join(5)
+    assert b"Hello." not in fake.transcript[0] and fake.data == []
+    assert_no_secret(logs, first, second, third)
+
+
+@dataclass
+class EchoRefusal(Step):
+    """Read one line (an AUTH command or a SASL answer) and refuse it, echoing it."""
+
+    def run(self, c: _Conn) -> None:
+        line = c.read_line(5, "an AUTH line")
+        c.send(b"535 5.7.8 authentication failed for " + line + b"\r\n")
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_A7_refusal_echoing_the_auth_argument_is_masked(
+    driver: Any, fake_smtp: Any, logs: Any, mechanism: str
+) -> None:
+    """A server that echoes what it was sent in its 535 (AUTH PLAIN's argument, LOGIN's
+    base64 password): masked in the AuthError, its reply and the transcript."""
+    steps: list[Step] = [
+        Send(b"220 fake ESMTP\r\n"),
+        Expect(rb"EHLO client\.test"),
+        Send(ehlo_reply(f"AUTH {mechanism}")),
+    ]
+    if mechanism == "LOGIN":
+        steps += [
+            Expect(rb"AUTH LOGIN"),
+            Send(b"334 VXNlcm5hbWU6\r\n"),
+            Expect(rb"\S+"),
+            Send(b"334 UGFzc3dvcmQ6\r\n"),
+        ]
+    fake = fake_smtp([*steps, EchoRefusal(), Expect(rb"QUIT"), Send(b"221 bye\r\n")])
+    with pytest.raises(SmtpError) as info:
+        submit(driver, fake, server=server_for(fake, allow_plaintext_auth=True))
+    err = check_failure(info, AuthError, stage="auth", code=535, logs=logs)
+    assert err.reply is not None and "***" in err.reply.text
+    transcript = [r.getMessage() for r in logs.records if r.name == "smtpsubmit.transcript"]
+    assert any(line.startswith("S: 535") and "***" in line for line in transcript), transcript
+
+
+def test_progress_done_reports_the_elapsed_time(driver: Any, fake_smtp: Any) -> None:
+    """The last Progress (``done``) carries the time the data took, not the clock."""
+    fake = fake_smtp(responder())
+    seen: list[Progress] = []
+    started = time.monotonic()
+    submit(driver, fake, progress=seen.append)
+    took = time.monotonic() - started
+    done = seen[-1]
+    assert done.stage == "done" and done.bytes_sent == done.bytes_total == len(RAW)
+    assert 0 <= done.elapsed <= took, (done, took)
