@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,10 +15,13 @@ from smtpsubmit import (
     MessageTooLarge,
     Option,
     Progress,
+    RecipientsRefused,
     Server,
+    SubmitResult,
 )
-from smtpsubmit.transport import SyncStream
-from tests.drivers import RAW
+from smtpsubmit.transport import AsyncStream, SyncStream
+from tests.drivers import RAW, call
+from tests.servers.aiosmtpd_server import RecordingHandler, _EphemeralController
 from tests.servers.fakesmtp import Responder
 
 SENDER = "a@example.org"
@@ -301,3 +305,66 @@ def test_binarymime_without_chunking_falls_back_to_8bitmime(driver: Any, fake_sm
     driver.submit(RAW + "é\r\n".encode(), server_for(fake), sender=SENDER, recipients=["b@e.org"])
     mail, _ = mail_and_rcpts(fake)
     assert mail.endswith(b" BODY=8BITMIME")
+
+
+class _PipeliningHandler(RecordingHandler):
+    """aiosmtpd answering pipelined commands (it reads them in order) and saying so,
+    refusing one address."""
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("nobody@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+@pytest.fixture
+def aiosmtpd_pipelining() -> Iterator[tuple[str, int, RecordingHandler]]:
+    handler = _PipeliningHandler()
+    controller = _EphemeralController(
+        handler, hostname="127.0.0.1", port=0, decode_data=False, ready_timeout=5.0
+    )
+    controller.start()
+    try:
+        yield "127.0.0.1", controller.port, handler
+    finally:
+        controller.stop()
+
+
+def test_pending_rset_is_pipelined_with_the_next_transaction_aiosmtpd(
+    driver: Any, aiosmtpd_pipelining: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a refused transaction, the next send puts RSET in the same write as MAIL,
+    RCPT and DATA (no wait for its reply), and a real server takes it in order."""
+    host, port, handler = aiosmtpd_pipelining
+    writes: list[bytes] = []
+    for stream in (SyncStream, AsyncStream):
+        original = stream.send
+
+        def record(self: Any, data: bytes, stage: str, _original: Any = original) -> Any:
+            writes.append(bytes(data))
+            return _original(self, data, stage)
+
+        monkeypatch.setattr(stream, "send", record)
+    server = Server(host, port=port, options=Option.EXTENDED, timeout=3)
+    first, second = driver.session(
+        server,
+        [
+            call("send", RAW, sender=SENDER, recipients=["nobody@example.org"]),
+            call("send", RAW, sender=SENDER, recipients=["b@example.org"]),
+        ],
+    )
+    assert isinstance(first, RecipientsRefused), first
+    assert isinstance(second, SubmitResult) and second.accepted == ["b@example.org"]
+    (batch,) = [w for w in writes if b"RSET" in w]
+    assert batch.startswith(b"RSET\r\nMAIL FROM:<a@example.org>") and batch.endswith(b"DATA\r\n")
+    (message,) = handler.messages
+    assert message.rcpt_tos == ["b@example.org"] and message.original_content == RAW
