@@ -25,8 +25,8 @@ The driving rules, in order:
 
 Secrets: a mechanism's ``repr()``/``str()`` shows its name and user name only,
 and no exception raised here contains the password, the token or their
-encoded forms. :func:`mask_auth_line` masks the ``AUTH`` command line for the
-transcript; continuation lines are masked whole by the caller.
+encoded forms. The session masks the transcript: the ``AUTH`` argument and
+every continuation line, and every form of the secret in the server's replies.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ __all__ = [
     "XOAuth2Mechanism",
     "b64",
     "choose_mechanism",
-    "mask_auth_line",
     "resolve_secret",
     "saslprep",
     "unb64",
@@ -685,22 +684,3 @@ def choose_mechanism(
         stage=_STAGE,
         is_temporary=False,
     )
-
-
-# --------------------------------------------------------------------------
-# Transcript
-# --------------------------------------------------------------------------
-
-_AUTH_LINE = re.compile(r"^(\s*AUTH[ \t]+\S+)[ \t]+\S.*?(\r?\n)?$", re.IGNORECASE | re.DOTALL)
-
-
-def mask_auth_line(line: str) -> str:
-    """``"AUTH PLAIN AGJvYgBw"`` → ``"AUTH PLAIN ***"``; other lines unchanged.
-
-    The line ending, if any, is kept. Continuation lines of an exchange are
-    entirely secret: the caller prints ``***`` for them.
-    """
-    match = _AUTH_LINE.match(line)
-    if match is None:
-        return line
-    return f"{match[1]} ***{match[2] or ''}"

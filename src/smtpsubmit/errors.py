@@ -34,8 +34,6 @@ __all__ = [
     "TlsError",
 ]
 
-STAGES = ("connect", "greeting", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "quit")
-
 
 class SmtpError(Exception):
     """Base of every network, protocol or server failure.
