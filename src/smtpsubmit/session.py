@@ -34,12 +34,8 @@ from smtpsubmit.errors import (
     ConnectError,
     DataRefused,
     DeliveryStatusUnknown,
-    ExtensionUnavailable,
     MessageError,
-    MessageTooLarge,
     ProtocolError,
-    RecipientsRefused,
-    SenderRefused,
     ServerDisconnected,
     SmtpError,
     SmtpTimeout,
@@ -59,11 +55,13 @@ from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Option, Server
 from smtpsubmit.transaction import (
-    NOT_RETRIED,
+    REFUSALS,
+    ProgressReporter,
     check_envelope,
     envelope_failure,
     mail_command,
     merge_results,
+    partial_result,
     rcpt_command,
     sort_recipients,
 )
@@ -111,42 +109,8 @@ Op = Send | Receive | StartTls
 Flow = Generator[Op, Any, T]
 
 
-# A refusal leaves the connection in step with the server: the session may go on.
-# Every other failure (lost connection, timeout, garbage, an interrupted flow)
-# leaves it in an unknown state.
-_REFUSALS = (
-    AuthError,
-    SenderRefused,
-    RecipientsRefused,
-    DataRefused,
-    MessageTooLarge,
-    ExtensionUnavailable,
-)
-
-_UNKNOWN = Reply(
-    451,
-    "delivery status unknown: the connection was lost after the end of the data was sent "
-    "(a retry may deliver twice)",
-    "4.4.2",
-)
-
 _RSET = Command("RSET", "", "mail")
 _DATA = Command("DATA", "", "data")
-
-
-class _Reporter:
-    """Progress reports for one transaction's data; elapsed time since the data began."""
-
-    def __init__(
-        self, callback: Callable[[Progress], object] | None, total: int, clock: Callable[[], float]
-    ) -> None:
-        self._callback, self._total, self._clock = callback, total, clock
-        self._started = clock()
-
-    def __call__(self, stage: str, sent: int) -> None:
-        if self._callback is not None:
-            total = (self._total or sent) if stage == "done" else self._total
-            self._callback(Progress(stage, sent, total, self._clock() - self._started))
 
 
 class Session:
@@ -197,7 +161,7 @@ class Session:
 
     def _failed(self, exc: BaseException) -> None:
         """Take note of a failure on its way out: only a refusal keeps the connection."""
-        if not isinstance(exc, (*_REFUSALS, LocalProtocolError)):
+        if not isinstance(exc, (*REFUSALS, LocalProtocolError)):
             self._broken = True
 
     def _guard(self, flow: Flow[T]) -> Flow[T]:
@@ -445,43 +409,12 @@ class Session:
             except (SmtpError, MessageError) as exc:
                 # The message already went to the accepted recipients: report the rest
                 # rather than raise, which would invite a retry that duplicates it.
-                return self._partial(result, batch, deferred[limit:], exc)
+                self._failed(exc)
+                return partial_result(result, batch, deferred[limit:], exc)
             result = merge_results(result, more)
             done = {*more.accepted, *more.refused}
             deferred = [r for r in deferred if r not in done]
         return result
-
-    def _partial(
-        self, result: SubmitResult, batch: list[str], rest: list[str], exc: Exception
-    ) -> SubmitResult:
-        """What was delivered, after a follow-up transaction failed with ``exc``."""
-        self._failed(exc)
-        refused = dict(result.refused)
-        unknown = list(result.unknown)
-        if isinstance(exc, _REFUSALS):
-            by_address: dict[str, Reply] = getattr(exc, "refused", {})
-            fallback = exc.reply or Reply(451, f"not sent: {exc}", "4.5.0")
-            refused.update({r: by_address.get(r, fallback) for r in batch})
-            refused.update(dict.fromkeys(rest, NOT_RETRIED))
-        else:
-            lost = getattr(exc, "reply", None) or Reply(
-                451, "not sent: the connection failed before this transaction ended", "4.4.2"
-            )
-            if isinstance(exc, DeliveryStatusUnknown):
-                unknown += batch
-                refused.update(dict.fromkeys(batch, _UNKNOWN))
-            else:
-                refused.update(dict.fromkeys(batch, lost))
-            refused.update(dict.fromkeys(rest, lost))
-        return SubmitResult(
-            result.message_id,
-            result.sender,
-            result.accepted,
-            refused,
-            result.reply,
-            result.size,
-            unknown,
-        )
 
     def check_envelope(self, envelope: Envelope) -> None:
         """Refuse, before anything is sent, what this server cannot take."""
@@ -516,7 +449,7 @@ class Session:
         if failure is not None:
             yield from self._abandon(data_reply)
             raise failure
-        report = _Reporter(progress, envelope.size, self._clock)
+        report = ProgressReporter(progress, envelope.size, self._clock)
         if chunking:
             final, size = yield from self._send_bdat(chunks, report)
         else:
@@ -570,7 +503,9 @@ class Session:
         if "PIPELINING" not in self.capabilities:
             yield from self._reset_after_failure()
 
-    def _send_data(self, chunks: Iterable[bytes], report: _Reporter) -> Flow[tuple[Reply, int]]:
+    def _send_data(
+        self, chunks: Iterable[bytes], report: ProgressReporter
+    ) -> Flow[tuple[Reply, int]]:
         self._check_unsolicited("data")  # a reply glued to the 354 answers nothing
         encoder = DataEncoder()
         pending: list[bytes] = []
@@ -594,7 +529,9 @@ class Session:
         final = yield from self._final_reply()
         return final, encoder.octets
 
-    def _send_bdat(self, chunks: Iterable[bytes], report: _Reporter) -> Flow[tuple[Reply, int]]:
+    def _send_bdat(
+        self, chunks: Iterable[bytes], report: ProgressReporter
+    ) -> Flow[tuple[Reply, int]]:
         normalizer = LineEndingNormalizer()
         pending = bytearray()
         sent = 0

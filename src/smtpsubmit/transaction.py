@@ -7,8 +7,13 @@ answers the same way. Nothing here does I/O or keeps state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from smtpsubmit.envelope import Envelope
 from smtpsubmit.errors import (
+    AuthError,
+    DataRefused,
+    DeliveryStatusUnknown,
     ExtensionUnavailable,
     MessageTooLarge,
     RecipientsRefused,
@@ -17,20 +22,59 @@ from smtpsubmit.errors import (
 )
 from smtpsubmit.protocol import Capabilities, Command, xtext
 from smtpsubmit.reply import Reply
-from smtpsubmit.result import SubmitResult
+from smtpsubmit.result import Progress, SubmitResult
 
 __all__ = [
     "NOT_RETRIED",
+    "REFUSALS",
+    "ProgressReporter",
     "check_envelope",
     "envelope_failure",
     "mail_command",
     "merge_results",
+    "partial_result",
     "rcpt_command",
     "sort_recipients",
 ]
 
+REFUSALS = (
+    AuthError,
+    SenderRefused,
+    RecipientsRefused,
+    DataRefused,
+    MessageTooLarge,
+    ExtensionUnavailable,
+)
+"""The server said no (or we refused before sending): the connection stays in step.
+Every other failure leaves it in an unknown state."""
+
 NOT_RETRIED = Reply(452, "too many recipients; not retried", "4.5.3")
 """For recipients a server deferred with 452 and no follow-up transaction carried."""
+
+UNKNOWN = Reply(
+    451,
+    "delivery status unknown: the connection was lost after the end of the data was sent "
+    "(a retry may deliver twice)",
+    "4.4.2",
+)
+"""For recipients whose follow-up transaction's answer to the end of the data was lost."""
+
+_LOST = Reply(451, "not sent: the connection failed before this transaction ended", "4.4.2")
+
+
+class ProgressReporter:
+    """Progress reports for one transaction's data; elapsed time since the data began."""
+
+    def __init__(
+        self, callback: Callable[[Progress], object] | None, total: int, clock: Callable[[], float]
+    ) -> None:
+        self._callback, self._total, self._clock = callback, total, clock
+        self._started = clock()
+
+    def __call__(self, stage: str, sent: int) -> None:
+        if self._callback is not None:
+            total = (self._total or sent) if stage == "done" else self._total
+            self._callback(Progress(stage, sent, total, self._clock() - self._started))
 
 
 def check_envelope(envelope: Envelope, caps: Capabilities, *, is_tls: bool, esmtp: bool) -> None:
@@ -155,4 +199,38 @@ def merge_results(first: SubmitResult, more: SubmitResult) -> SubmitResult:
         more.reply,
         first.size,
         first.unknown + more.unknown,
+    )
+
+
+def partial_result(
+    result: SubmitResult, batch: list[str], rest: list[str], exc: Exception
+) -> SubmitResult:
+    """What was delivered, after the follow-up transaction for ``batch`` failed.
+
+    ``rest`` are the deferred recipients no transaction carried. Raising instead
+    would invite a retry that sends the message to ``result.accepted`` again.
+    """
+    refused = dict(result.refused)
+    unknown = list(result.unknown)
+    if isinstance(exc, REFUSALS):
+        by_address: dict[str, Reply] = getattr(exc, "refused", {})
+        fallback = exc.reply or Reply(451, f"not sent: {exc}", "4.5.0")
+        refused.update({r: by_address.get(r, fallback) for r in batch})
+        refused.update(dict.fromkeys(rest, NOT_RETRIED))
+    else:
+        lost = getattr(exc, "reply", None) or _LOST
+        if isinstance(exc, DeliveryStatusUnknown):
+            unknown += batch
+            refused.update(dict.fromkeys(batch, UNKNOWN))
+        else:
+            refused.update(dict.fromkeys(batch, lost))
+        refused.update(dict.fromkeys(rest, lost))
+    return SubmitResult(
+        result.message_id,
+        result.sender,
+        result.accepted,
+        refused,
+        result.reply,
+        result.size,
+        unknown,
     )
