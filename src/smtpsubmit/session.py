@@ -90,7 +90,8 @@ class Receive:
     """Read what the server sent next; ``new_reply`` starts a reply deadline.
 
     ``poll``: return only what has already arrived (``b""`` when nothing has),
-    without waiting; used before a command on an idle connection.
+    without waiting; used before a command on an idle connection, and before
+    the end of the message data goes out (nothing may answer it early).
     """
 
     stage: str
