@@ -9,9 +9,17 @@ from typing import Any
 
 import pytest
 
-from smtpsubmit import AsyncClient, Client, Option, Server, asubmit_message, submit_message
+from smtpsubmit import (
+    AsyncClient,
+    Client,
+    Option,
+    Server,
+    SmtpTimeout,
+    asubmit_message,
+    submit_message,
+)
 from tests.drivers import RAW
-from tests.servers.fakesmtp import Delay, Responder, Send, Silent, StopReading
+from tests.servers.fakesmtp import Delay, ReadData, Responder, Send, Silent, StopReading
 
 SENDER = "a@example.org"
 
@@ -185,3 +193,65 @@ def test_sync_api_works_inside_a_running_event_loop(aiosmtpd_server: Any) -> Non
 
     asyncio.run(main())
     assert done.is_set() and result[0].reply.code == 250
+
+
+def _slow_reader(fake_smtp: Any) -> Any:
+    """DATA answered 354, then nothing read for 2.5 s; after that the body is read whole
+    and accepted. A client that lets its buffered data drain after giving up would
+    complete the message here."""
+    return fake_smtp(
+        Responder(
+            capabilities=(),
+            replies={
+                "DATA": [
+                    Send(b"354 go\r\n"),
+                    StopReading(2.5),
+                    ReadData(timeout=5),
+                    Send(b"250 accepted anyway\r\n"),
+                ]
+            },
+        ),
+        check=False,
+        rcvbuf=4096,
+    )
+
+
+# Larger than what the kernel takes at once (so part of it waits in asyncio's buffer),
+# smaller than one session write batch (so the final dot is in that same buffer).
+_SLOW_BODY = RAW + b"z" * 200_000
+
+
+def test_cancel_mid_data_never_completes_the_message(fake_smtp: Any) -> None:
+    """Issue 13.1: the loop and the server keep running after the cancel, long enough for
+    a flushed buffer to reach the server: the message must not be accepted."""
+    fake = _slow_reader(fake_smtp)
+    server = Server(fake.host, port=fake.port, options=Option.EXTENDED, timeout=10)
+
+    async def main() -> None:
+        client = AsyncClient(server)
+        await client.connect()
+        await cancel_after(client.send(_SLOW_BODY, sender=SENDER, recipients=["b@e.org"]), 0.5)
+        assert not client.is_connected
+        await asyncio.sleep(4)  # the server reads again after 2.5 s
+
+    asyncio.run(main())
+    fake.join(5)
+    assert fake.data == []
+    assert b"250 accepted anyway" not in fake.sent[0]
+
+
+def test_timeout_mid_data_never_completes_the_message(fake_smtp: Any) -> None:
+    """Issue 13.1: SmtpTimeout while the body waits in the write buffer; nothing of it may
+    go out afterwards."""
+    fake = _slow_reader(fake_smtp)
+    server = Server(fake.host, port=fake.port, options=Option.EXTENDED, timeout=1)
+
+    async def main() -> None:
+        with pytest.raises(SmtpTimeout) as info:
+            await asubmit_message(_SLOW_BODY, server, sender=SENDER, recipients=["b@e.org"])
+        assert info.value.stage == "data"
+        await asyncio.sleep(4)
+
+    asyncio.run(main())
+    fake.join(5)
+    assert fake.data == []

@@ -9,6 +9,7 @@ from smtpsubmit.client import AsyncClient, Client
 from smtpsubmit.envelope import DSN, Envelope
 from smtpsubmit.errors import (
     AuthError,
+    ClientBusyError,
     ConnectError,
     DataRefused,
     DeliveryStatusUnknown,
@@ -24,6 +25,7 @@ from smtpsubmit.errors import (
     TlsError,
 )
 from smtpsubmit.message import Attachment, Encoding, Message
+from smtpsubmit.protocol import Capabilities
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Option, Server
@@ -48,7 +50,9 @@ __all__ = [
     "AsyncTransport",
     "Attachment",
     "AuthError",
+    "Capabilities",
     "Client",
+    "ClientBusyError",
     "ConnectError",
     "DataRefused",
     "DeliveryStatusUnknown",

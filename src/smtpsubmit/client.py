@@ -14,13 +14,21 @@ inside code that already runs an event loop.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 from smtpsubmit.envelope import DSN
-from smtpsubmit.errors import AuthError, ServerDisconnected, SmtpError, SmtpTimeout
+from smtpsubmit.errors import (
+    AuthError,
+    ClientBusyError,
+    ServerDisconnected,
+    SmtpError,
+    SmtpTimeout,
+)
+from smtpsubmit.protocol import Capabilities
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
@@ -41,13 +49,17 @@ class _Base:
         if not isinstance(server, Server):
             raise TypeError(f"Client needs a Server, not {type(server).__name__}")
         self.server = server
+        # The one reading of the timeout: every wait below is derived from it.
+        self._timeout = server.effective_timeout
         self._session: Session | None = None
         self._deadline = 0.0
+        self._busy = threading.Lock()
 
     @property
-    def capabilities(self) -> dict[str, str]:
-        """The server's EHLO keywords (upper case) and their parameters."""
-        return self._session.capabilities.as_dict() if self._session else {}
+    def capabilities(self) -> Capabilities:
+        """The server's EHLO keywords (upper case) and their parameters: a read-only
+        ``Mapping[str, str]`` with ``size``, ``auth_mechanisms`` and ``has()``."""
+        return self._session.capabilities if self._session else Capabilities()
 
     @property
     def is_tls(self) -> bool:
@@ -64,6 +76,20 @@ class _Base:
     @property
     def is_connected(self) -> bool:
         return self._session is not None
+
+    @contextlib.contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """One call at a time: a second one would write into the middle of the first."""
+        if not self._busy.acquire(blocking=False):
+            raise ClientBusyError(
+                f"{type(self).__name__}.{what}() called while another call on the same client "
+                "is in progress; nothing was sent (use one client per task or thread, or wait "
+                "for the call to finish)"
+            )
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     def _require_session(self) -> Session:
         if self._session is None:
@@ -99,17 +125,21 @@ class _Base:
         """Each reply must complete within the timeout, however slowly it trickles."""
         now = time.monotonic()
         if op.new_reply:
-            timeout = self.server.effective_timeout
-            self._deadline = now + timeout
-            if timeout > 0:
-                return timeout  # exactly, so the stream need not reset an unchanged timeout
+            self._deadline = now + self._timeout
+            return self._timeout  # exactly, so the stream need not reset an unchanged timeout
         remaining = self._deadline - now
         if remaining <= 0:
             raise SmtpTimeout(
-                f"the server's reply did not complete within {self.server.effective_timeout:g} s",
+                f"the server's reply did not complete within {self._timeout:g} s",
                 stage=op.stage,
             )
         return remaining
+
+    def _new_session(self, stream: SyncStream | AsyncStream) -> Session:
+        """The session for a fresh connection; ``peer`` is the address actually reached."""
+        return Session(
+            self.server, clock=time.monotonic, tls_info=stream.tls_info, peer=stream.peer
+        )
 
     def __repr__(self) -> str:
         state = "connected" if self._session else "closed"
@@ -141,10 +171,14 @@ class Client(_Base):
 
     def connect(self) -> None:
         """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured."""
+        with self._exclusive("connect"):
+            self._connect()
+
+    def _connect(self) -> None:
         if self._session is not None:
             return
-        stream = SyncStream.connect(self.server)
-        session = Session(self.server, clock=time.monotonic, tls_info=stream.tls_info)
+        stream = SyncStream.connect(self.server, self._timeout)
+        session = self._new_session(stream)
         self._stream, self._session = stream, session
         try:
             self._run(session.open(local_hostname_for(self.server, stream.sockname)))
@@ -169,19 +203,19 @@ class Client(_Base):
                 try:
                     op = flow.throw(error) if error is not None else flow.send(value)
                 except StopIteration as stop:
-                    if not session.reusable:  # e.g. a follow-up transaction lost the line
-                        self._discard()
+                    if not session.reusable:  # QUIT answered, or a follow-up lost the line
+                        self._discard(graceful=session.core.closed)
                     return stop.value  # type: ignore[no-any-return]
                 value, error = None, None
                 try:
                     if isinstance(op, Send):
-                        stream.send(op.data, op.stage)
+                        stream.send(op.data, op.stage, self._timeout)
                     elif isinstance(op, Receive) and op.poll:
                         value = stream.poll(op.stage)
                     elif isinstance(op, Receive):
                         value = stream.receive(op.stage, self._receive_timeout(op))
                     elif isinstance(op, StartTls):
-                        value = stream.start_tls(op.stage)
+                        value = stream.start_tls(self.server, op.stage, self._timeout)
                     else:  # pragma: no cover - a new request type must be handled here
                         raise TypeError(f"unknown session request {op!r}")
                 except SmtpError as exc:
@@ -203,42 +237,53 @@ class Client(_Base):
         require_tls: bool = False,
     ) -> SubmitResult:
         """Send one message on this connection; see :func:`smtpsubmit.submit_message`."""
-        return self._run(
-            self._send_flow(
-                message,
-                sender=sender,
-                recipients=recipients,
-                dsn=dsn,
-                progress=progress,
-                require_tls=require_tls,
+        with self._exclusive("send"):
+            return self._run(
+                self._send_flow(
+                    message,
+                    sender=sender,
+                    recipients=recipients,
+                    dsn=dsn,
+                    progress=progress,
+                    require_tls=require_tls,
+                )
             )
-        )
 
     def verify(self, address: str) -> Reply:
         """VRFY: the server's reply as it is (252 means "cannot verify, will try")."""
-        return self._run(self._require_session().simple("VRFY", address))
+        with self._exclusive("verify"):
+            return self._run(self._require_session().simple("VRFY", address))
 
     def expand(self, mailing_list: str) -> Reply:
         """EXPN: the members of a mailing list, one per reply line, if the server tells."""
-        return self._run(self._require_session().simple("EXPN", mailing_list))
+        with self._exclusive("expand"):
+            return self._run(self._require_session().simple("EXPN", mailing_list))
 
     def noop(self) -> Reply:
-        return self._run(self._require_session().simple("NOOP"))
+        with self._exclusive("noop"):
+            return self._run(self._require_session().simple("NOOP"))
 
     def reset(self) -> Reply:
-        return self._run(self._require_session().reset())
+        with self._exclusive("reset"):
+            return self._run(self._require_session().reset())
 
     def close(self) -> None:
-        """QUIT (when the session is healthy) and close; never raises."""
-        session = self._session
-        if session is not None and session.reusable:
-            with contextlib.suppress(SmtpError):
-                self._run(session.quit())
-        self._discard()
+        """QUIT (when the session is healthy) and close; raises only ClientBusyError."""
+        with self._exclusive("close"):
+            session = self._session
+            if session is not None and session.reusable:
+                with contextlib.suppress(SmtpError):
+                    self._run(session.quit())  # the session ends: _run closes the connection
+            self._discard()
 
-    def _discard(self) -> None:
+    def _discard(self, *, graceful: bool = False) -> None:
+        """Drop the connection; unless the session ended (QUIT, 421), abort it, so
+        nothing still buffered goes out."""
         if self._stream is not None:
-            self._stream.close()
+            if graceful:
+                self._stream.close()
+            else:
+                self._stream.abort()
         self._stream, self._session = None, None
 
 
@@ -266,10 +311,14 @@ class AsyncClient(_Base):
         await self.close()
 
     async def connect(self) -> None:
+        with self._exclusive("connect"):
+            await self._connect()
+
+    async def _connect(self) -> None:
         if self._session is not None:
             return
-        stream = await AsyncStream.connect(self.server)
-        session = Session(self.server, clock=time.monotonic, tls_info=stream.tls_info)
+        stream = await AsyncStream.connect(self.server, self._timeout)
+        session = self._new_session(stream)
         self._stream, self._session = stream, session
         try:
             await self._run(session.open(local_hostname_for(self.server, stream.sockname)))
@@ -294,19 +343,19 @@ class AsyncClient(_Base):
                 try:
                     op = flow.throw(error) if error is not None else flow.send(value)
                 except StopIteration as stop:
-                    if not session.reusable:  # e.g. a follow-up transaction lost the line
-                        self._discard()
+                    if not session.reusable:  # QUIT answered, or a follow-up lost the line
+                        self._discard(graceful=session.core.closed)
                     return stop.value  # type: ignore[no-any-return]
                 value, error = None, None
                 try:
                     if isinstance(op, Send):
-                        await stream.send(op.data, op.stage)
+                        await stream.send(op.data, op.stage, self._timeout)
                     elif isinstance(op, Receive) and op.poll:
                         value = await stream.poll(op.stage)
                     elif isinstance(op, Receive):
                         value = await stream.receive(op.stage, self._receive_timeout(op))
                     elif isinstance(op, StartTls):
-                        value = await stream.start_tls(op.stage)
+                        value = await stream.start_tls(self.server, op.stage, self._timeout)
                     else:  # pragma: no cover - a new request type must be handled here
                         raise TypeError(f"unknown session request {op!r}")
                 except SmtpError as exc:
@@ -328,41 +377,53 @@ class AsyncClient(_Base):
         require_tls: bool = False,
     ) -> SubmitResult:
         """Send one message on this connection; see :func:`smtpsubmit.asubmit_message`."""
-        return await self._run(
-            self._send_flow(
-                message,
-                sender=sender,
-                recipients=recipients,
-                dsn=dsn,
-                progress=progress,
-                require_tls=require_tls,
+        with self._exclusive("send"):
+            return await self._run(
+                self._send_flow(
+                    message,
+                    sender=sender,
+                    recipients=recipients,
+                    dsn=dsn,
+                    progress=progress,
+                    require_tls=require_tls,
+                )
             )
-        )
 
     async def verify(self, address: str) -> Reply:
-        return await self._run(self._require_session().simple("VRFY", address))
+        with self._exclusive("verify"):
+            return await self._run(self._require_session().simple("VRFY", address))
 
     async def expand(self, mailing_list: str) -> Reply:
-        return await self._run(self._require_session().simple("EXPN", mailing_list))
+        with self._exclusive("expand"):
+            return await self._run(self._require_session().simple("EXPN", mailing_list))
 
     async def noop(self) -> Reply:
-        return await self._run(self._require_session().simple("NOOP"))
+        with self._exclusive("noop"):
+            return await self._run(self._require_session().simple("NOOP"))
 
     async def reset(self) -> Reply:
-        return await self._run(self._require_session().reset())
+        with self._exclusive("reset"):
+            return await self._run(self._require_session().reset())
 
     async def close(self) -> None:
-        session, stream = self._session, self._stream
-        if session is not None and session.reusable:
-            with contextlib.suppress(SmtpError):
-                await self._run(session.quit())
-        self._discard()
-        if stream is not None:
-            await stream.aclose()
+        """QUIT (when the session is healthy) and close; raises only ClientBusyError."""
+        with self._exclusive("close"):
+            session, stream = self._session, self._stream
+            if session is not None and session.reusable:
+                with contextlib.suppress(SmtpError):
+                    await self._run(session.quit())  # the session ends: _run closes it
+            self._discard()
+            if stream is not None:
+                await stream.aclose(self._timeout)
 
-    def _discard(self) -> None:
+    def _discard(self, *, graceful: bool = False) -> None:
+        """Drop the connection; unless the session ended (QUIT, 421), abort it, so
+        nothing still buffered goes out."""
         if self._stream is not None:
-            self._stream.close()
+            if graceful:
+                self._stream.close()
+            else:
+                self._stream.abort()
         self._stream, self._session = None, None
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthError",
+    "ClientBusyError",
     "ConnectError",
     "DataRefused",
     "DeliveryStatusUnknown",
@@ -159,3 +160,11 @@ class DeliveryStatusUnknown(SmtpError):
 
 class MessageError(ValueError):
     """Bad input (message, address, header, attachment), raised before sending."""
+
+
+class ClientBusyError(RuntimeError):
+    """A call on a ``Client``/``AsyncClient`` while another is in progress on it.
+
+    Misuse, not a network fault: raised before anything is written, and the
+    call in progress carries on undisturbed.
+    """

@@ -43,7 +43,7 @@ import functools
 import logging
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from smtpsubmit.errors import MessageError, ProtocolError
@@ -132,9 +132,10 @@ class Command:
         return f"{self.verb} {self.argument}" if self.argument else self.verb
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """The EHLO keywords and their parameters (upper-case keys)."""
+@dataclass(frozen=True, eq=False)
+class Capabilities(Mapping[str, str]):
+    """The EHLO keywords and their parameters: a read-only mapping with upper-case
+    keys (looked up in any case), equal to a dict with the same items."""
 
     keywords: Mapping[str, str] = field(default_factory=dict)
 
@@ -160,18 +161,35 @@ class Capabilities:
                 found["AUTH"] = f"{found.get('AUTH', '')} {more}".strip()
         return cls(found)
 
+    def __getitem__(self, key: str) -> str:
+        if not isinstance(key, str):
+            raise KeyError(key)
+        return self.keywords[key.upper()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keywords)
+
+    def __len__(self) -> int:
+        return len(self.keywords)
+
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key.upper() in self.keywords
 
-    def get(self, key: str, default: str = "") -> str:
-        return self.keywords.get(key.upper(), default)
+    def has(self, keyword: str) -> bool:
+        """Whether the server offers ``keyword`` (any case), e.g. ``has("STARTTLS")``."""
+        return keyword in self
+
+    @property
+    def size(self) -> int | None:
+        """The SIZE limit in octets, or None when there is none."""
+        return self.size_limit
 
     @property
     def size_limit(self) -> int | None:
         """The SIZE limit, or None when there is none (0, absent, absurd or garbage)."""
         if "SIZE" not in self:
             return None
-        text = self.get("SIZE").strip()
+        text = self.keywords.get("SIZE", "").strip()
         if not text.isdigit() or len(text) > 18:
             return None
         value = int(text)
@@ -180,7 +198,7 @@ class Capabilities:
     @property
     def auth_mechanisms(self) -> list[str]:
         seen: list[str] = []
-        for name in self.get("AUTH").upper().split():
+        for name in self.keywords.get("AUTH", "").upper().split():
             if name not in seen:
                 seen.append(name)
         return seen

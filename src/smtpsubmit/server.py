@@ -78,6 +78,15 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def _is_loopback_address(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return (mapped or ip).is_loopback
+
+
 def is_ip_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -233,6 +242,14 @@ class Server:
         # Through a proxy, "127.0.0.1" is the proxy's loopback: the password crosses a network.
         tunnelled = Option.TUNNEL in self.options or self.proxy is not None
         return is_loopback_host(self.host) and not tunnelled
+
+    def plaintext_auth_allowed_to(self, peer: str | None) -> bool:
+        """The same rule for the address actually connected to (None: unknown, or a
+        proxy's): a host *name* such as ``localhost.`` may resolve anywhere."""
+        if self.allow_plaintext_auth:
+            return True
+        tunnelled = Option.TUNNEL in self.options or self.proxy is not None
+        return peer is not None and not tunnelled and _is_loopback_address(peer)
 
     def __repr__(self) -> str:
         parts = [f"host={self.host!r}"]

@@ -128,9 +128,12 @@ class Session:
         clock: Callable[[], float] = lambda: 0.0,
         *,
         tls_info: Any = None,
+        peer: str | None = None,
     ) -> None:
-        """``tls_info`` is given when the transport already runs TLS (implicit TLS)."""
+        """``tls_info`` is given when the transport already runs TLS (implicit TLS);
+        ``peer`` is the IP address connected to (None through a proxy)."""
         self.server = server
+        self.peer = peer
         self.core = SmtpProtocol()
         self.capabilities = Capabilities()
         self.esmtp = False
@@ -334,7 +337,7 @@ class Session:
             offered,
             server.auth_mechanisms,
             protected=self.is_tls,
-            allow_plaintext=server.plaintext_auth_allowed,
+            allow_plaintext=server.plaintext_auth_allowed_to(self.peer),
         )
         secret = auth.resolve_secret(server.password or "")
         mechanism = mechanism_class(server.username or "", secret)

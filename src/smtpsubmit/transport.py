@@ -1,9 +1,14 @@
 """Network streams: a blocking socket and an asyncio stream behind the same
-five operations (connect, send, receive, start TLS, close).
+operations (connect, send, poll, receive, start TLS, close, abort).
 
 This is the only module that sees ``OSError``, ``socket.timeout`` and
 ``ssl.SSLError``; each is converted here, once, into the contract's exception
 tree with the session stage it happened in.
+
+A stream decides no limits: the driver passes the time left into every call
+(as httpcore does), so one authority — the driver's deadline — bounds each
+wait. ``connect`` takes one budget for the whole connect phase: name lookup,
+every address tried, the proxy exchange and an implicit-TLS handshake.
 """
 
 from __future__ import annotations
@@ -11,10 +16,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import select
 import socket
 import ssl
-from typing import Any
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from smtpsubmit.errors import (
@@ -30,6 +40,10 @@ from smtpsubmit.tls import TlsInfo, describe_tls_error, make_ssl_context
 __all__ = ["AsyncStream", "SyncStream", "local_hostname_for"]
 
 READ_SIZE = 64 * 1024
+_LINGER_ZERO = struct.pack("ii", 1, 0)  # close() sends RST and drops unsent data
+
+T = TypeVar("T")
+TlsErrors = Callable[[BaseException, str], SmtpError]
 
 
 def local_hostname_for(server: Server, sockname: Any) -> str:
@@ -43,7 +57,7 @@ def local_hostname_for(server: Server, sockname: Any) -> str:
     return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
 
 
-def _connect_error(exc: BaseException, server: Server) -> SmtpError:
+def _connect_error(exc: BaseException, server: Server, timeout: float) -> SmtpError:
     where = f"{server.host}:{server.effective_port}"
     if server.proxy and Option.TUNNEL not in server.options:
         where += " (through the proxy)"
@@ -52,26 +66,29 @@ def _connect_error(exc: BaseException, server: Server) -> SmtpError:
         err.unknown_host = True
         return err
     if isinstance(exc, TimeoutError | socket.timeout):
-        return SmtpTimeout(f"connecting to {where} timed out", stage="connect")
+        return SmtpTimeout(
+            f"connecting to {where} did not complete within {timeout:.3g} s",
+            stage="connect",
+        )
     if isinstance(exc, ConnectionRefusedError):
         return ConnectError(f"connection to {where} refused", stage="connect")
     return ConnectError(f"cannot connect to {where}: {exc}", stage="connect")
 
 
-def _io_error(exc: BaseException, stage: str, doing: str, server: Server) -> SmtpError:
+def _io_error(
+    exc: BaseException, stage: str, doing: str, timeout: float, tls_errors: TlsErrors | None
+) -> SmtpError:
     clean_eof = isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
-    if isinstance(exc, ssl.SSLError) and not clean_eof:
+    if isinstance(exc, ssl.SSLError) and not clean_eof and tls_errors is not None:
         # A TLS alert can arrive after the handshake (TLS 1.3 reports a refused client
         # certificate on the first read): it is a TLS failure whatever the stage.
-        return describe_tls_error(exc, server, stage)
+        return tls_errors(exc, stage)
     if isinstance(exc, TimeoutError | socket.timeout):
-        return SmtpTimeout(
-            f"no progress {doing} within {server.effective_timeout:g} s", stage=stage
-        )
+        return SmtpTimeout(f"no progress {doing} within {timeout:.3g} s", stage=stage)
     return ServerDisconnected(f"the connection was lost {doing}: {exc}", stage=stage)
 
 
-def _handshake_error(exc: BaseException, stage: str, server: Server) -> SmtpError:
+def _handshake_error(exc: BaseException, stage: str, server: Server, timeout: float) -> SmtpError:
     """A failed TLS handshake is a TlsError (a timeout stays an SmtpTimeout)."""
     if isinstance(exc, ssl.SSLError | ssl.CertificateError) and not isinstance(
         exc, ssl.SSLEOFError
@@ -79,8 +96,7 @@ def _handshake_error(exc: BaseException, stage: str, server: Server) -> SmtpErro
         return describe_tls_error(exc, server, stage)
     if isinstance(exc, TimeoutError | socket.timeout):
         return SmtpTimeout(
-            f"the TLS handshake did not complete within {server.effective_timeout:g} s",
-            stage=stage,
+            f"the TLS handshake did not complete within {timeout:.3g} s", stage=stage
         )
     return TlsError(
         f"the connection was lost during the TLS handshake with "
@@ -91,7 +107,7 @@ def _handshake_error(exc: BaseException, stage: str, server: Server) -> SmtpErro
     )
 
 
-def _proxy_error(exc: BaseException, server: Server) -> SmtpError:
+def _proxy_error(exc: BaseException, server: Server, timeout: float) -> SmtpError:
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
     if isinstance(exc, SmtpError):
@@ -100,7 +116,7 @@ def _proxy_error(exc: BaseException, server: Server) -> SmtpError:
         return SmtpTimeout("connecting through the proxy timed out", stage="connect")
     if isinstance(exc, ProxyConnectionError | ProxyError):
         return ConnectError(f"the proxy failed: {exc}", stage="connect")
-    return _connect_error(exc, server)
+    return _connect_error(exc, server, timeout)
 
 
 def _socks_url(server: Server) -> str:
@@ -141,13 +157,106 @@ def _check_connect_reply(head: bytes, host: str, port: int) -> None:
     )
 
 
-def _http_connect(server: Server, host: str, port: int, timeout: float) -> socket.socket:
-    address, request = _connect_request(server, host, port)
-    sock = socket.create_connection(address, timeout=timeout)
+def _peer_ip(peername: Any, server: Server) -> str | None:
+    """The address actually connected to; None through a proxy (that is the proxy's)."""
+    if server.proxy or not isinstance(peername, tuple) or not peername:
+        return None
+    return str(peername[0])
+
+
+def _peername(sock: socket.socket) -> Any:
     try:
+        return sock.getpeername()
+    except OSError:
+        return None
+
+
+# -- the blocking connect phase, under one deadline ---------------------------------------
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the connect phase ran out of time")
+    return left
+
+
+def _within(deadline: float, work: Callable[[], T], discard: Callable[[T], None]) -> T:
+    """``work()`` in a helper thread, abandoned at the deadline.
+
+    For blocking calls that take no overall timeout (``getaddrinfo``, python_socks'
+    per-operation timeouts); a result that comes too late is discarded by the helper.
+    """
+    results: list[Any] = []
+    abandoned: list[bool] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            value: Any = work()
+        except BaseException as exc:  # handed to the waiting thread
+            value = exc
+        with lock:
+            if not abandoned:
+                results.append(value)
+                done.set()
+                return
+        if not isinstance(value, BaseException):
+            discard(value)
+
+    threading.Thread(target=run, name="smtpsubmit-connect", daemon=True).start()
+    done.wait(max(deadline - time.monotonic(), 0))
+    with lock:
+        if not results:
+            abandoned.append(True)
+            raise TimeoutError("the connect phase ran out of time")
+    if isinstance(results[0], BaseException):
+        raise results[0]
+    return results[0]  # type: ignore[no-any-return]
+
+
+def _addresses(host: str, port: int, deadline: float) -> list[Any]:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return _within(
+            deadline, lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), _drop
+        )
+    return socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+
+
+def _drop(_: object) -> None:
+    """Nothing to release (a late name lookup)."""
+
+
+def _open_tcp(host: str, port: int, deadline: float) -> socket.socket:
+    """Each address in turn, all within the one deadline."""
+    error: BaseException | None = None
+    for family, kind, proto, _, address in _addresses(host, port, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_left(deadline))
+            sock.connect(address)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError) or isinstance(exc, TimeoutError | socket.timeout):
+                raise
+            error = exc
+            continue
+        return sock
+    raise error or OSError(f"no address for {host!r}")
+
+
+def _http_connect(server: Server, host: str, port: int, deadline: float) -> socket.socket:
+    address, request = _connect_request(server, host, port)
+    sock = _open_tcp(*address, deadline)
+    try:
+        sock.settimeout(_left(deadline))
         sock.sendall(request)
         head = bytearray()
         while not head.endswith(b"\r\n\r\n"):
+            sock.settimeout(_left(deadline))  # a trickled reply cannot extend the deadline
             byte = sock.recv(1)  # one at a time: the server's greeting may follow at once
             if not byte or len(head) > _MAX_PROXY_REPLY:
                 raise ConnectError("the HTTP proxy did not answer CONNECT", stage="connect")
@@ -159,32 +268,43 @@ def _http_connect(server: Server, host: str, port: int, timeout: float) -> socke
     return sock
 
 
-async def _http_connect_async(
-    server: Server, host: str, port: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    address, request = _connect_request(server, host, port)
-    reader, writer = await asyncio.open_connection(*address, limit=_MAX_PROXY_REPLY)
-    try:
-        writer.write(request)
-        await writer.drain()
+def _socks_connect(server: Server, host: str, port: int, deadline: float) -> socket.socket:
+    from python_socks.sync import Proxy
+
+    proxy = Proxy.from_url(_socks_url(server), rdns=True)
+    return _within(
+        deadline, lambda: proxy.connect(host, port, timeout=_left(deadline)), _close_socket
+    )
+
+
+def _close_socket(sock: socket.socket) -> None:
+    sock.close()
+
+
+def _sync_handshake(sock: ssl.SSLSocket, timeout: float) -> None:
+    """The whole handshake within ``timeout``, however slowly the peer trickles it."""
+    deadline = time.monotonic() + timeout
+    sock.settimeout(0.0)
+    while True:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")  # the rest stays buffered
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            raise ConnectError("the HTTP proxy did not answer CONNECT", stage="connect") from None
-        _check_connect_reply(head, host, port)
-    except BaseException:
-        writer.close()
-        raise
-    return reader, writer
+            sock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            ready = select.select([sock], [], [], _left(deadline))[0]
+        except ssl.SSLWantWriteError:
+            ready = select.select([], [sock], [], _left(deadline))[1]
+        if not ready:
+            raise TimeoutError("the TLS handshake ran out of time")
 
 
 class SyncStream:
     """A blocking socket (optionally through a proxy, optionally TLS)."""
 
-    def __init__(self, sock: socket.socket, server: Server) -> None:
+    def __init__(self, sock: socket.socket, peer: str | None = None) -> None:
         self._sock = sock
-        self._server = server
+        self.peer = peer  # the connected address (None through a proxy)
         self.tls_info: TlsInfo | None = None
+        self._tls_errors: TlsErrors | None = None
         # settimeout() is a system call: made only when the timeout changes.
         self._timeout = sock.gettimeout()
         # A plain socket is polled for readability without a read (and without
@@ -200,30 +320,27 @@ class SyncStream:
             self._timeout = timeout
 
     @classmethod
-    def connect(cls, server: Server, deadline_timeout: float | None = None) -> SyncStream:
-        timeout = deadline_timeout or server.effective_timeout
+    def connect(cls, server: Server, timeout: float) -> SyncStream:
+        """Connect within ``timeout`` seconds in all (lookup, proxy, implicit TLS)."""
+        deadline = time.monotonic() + timeout
         host, port = server.host, server.effective_port
         try:
             if _is_http_proxy(server):
-                sock = _http_connect(server, host, port, timeout)
+                sock = _http_connect(server, host, port, deadline)
             elif server.proxy:
-                from python_socks.sync import Proxy
-
-                proxy = Proxy.from_url(_socks_url(server), rdns=True)
-                sock = proxy.connect(host, port, timeout=timeout)
+                sock = _socks_connect(server, host, port, deadline)
             else:
-                sock = socket.create_connection((host, port), timeout=timeout)
+                sock = _open_tcp(host, port, deadline)
         except Exception as exc:
-            raise _proxy_error(exc, server) from None
-        sock.settimeout(server.effective_timeout)
+            raise _proxy_error(exc, server, timeout) from None
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        stream = cls(sock, server)
+        stream = cls(sock, _peer_ip(_peername(sock), server))
         if Option.SECURE_IMPLICIT in server.options:
             try:
-                stream.start_tls("connect")
+                stream.start_tls(server, "connect", max(deadline - time.monotonic(), 0.001))
             except BaseException:
-                stream.close()
+                stream.abort()
                 raise
         return stream
 
@@ -234,13 +351,13 @@ class SyncStream:
         except OSError:
             return None
 
-    def send(self, data: bytes, stage: str) -> None:
+    def send(self, data: bytes, stage: str, timeout: float) -> None:
+        """Write all of ``data`` within ``timeout`` seconds (the whole write, not each part)."""
         try:
-            # The whole write must finish within the timeout (receive() shortens it).
-            self._set_timeout(self._server.effective_timeout)
+            self._set_timeout(max(timeout, 0.001))
             self._sock.sendall(data)
         except (OSError, ValueError) as exc:
-            raise _io_error(exc, stage, "while sending", self._server) from None
+            raise _io_error(exc, stage, "while sending", timeout, self._tls_errors) from None
 
     def poll(self, stage: str) -> bytes:
         """What the server sent while we were idle, without waiting: ``b""`` if nothing.
@@ -257,7 +374,7 @@ class SyncStream:
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return b""
         except (OSError, ValueError) as exc:
-            raise _io_error(exc, stage, "while the session was idle", self._server) from None
+            raise _io_error(exc, stage, "while idle", 0.0, self._tls_errors) from None
         if not data:
             raise ServerDisconnected("the server closed the idle connection", stage=stage)
         return data
@@ -267,68 +384,108 @@ class SyncStream:
             self._set_timeout(max(timeout, 0.001))
             data = self._sock.recv(READ_SIZE)
         except (OSError, ValueError) as exc:
-            raise _io_error(exc, stage, "waiting for the server's reply", self._server) from None
+            doing = "waiting for the server's reply"
+            raise _io_error(exc, stage, doing, timeout, self._tls_errors) from None
         if not data:
             raise ServerDisconnected(
                 "the server closed the connection when a reply was due", stage=stage
             )
         return data
 
-    def start_tls(self, stage: str) -> TlsInfo:
-        context = make_ssl_context(self._server)
+    def start_tls(self, server: Server, stage: str, timeout: float) -> TlsInfo:
+        """Handshake with ``server``'s TLS settings, the whole of it within ``timeout``."""
+        context = make_ssl_context(server)
         try:
-            self._set_timeout(self._server.effective_timeout)
             tls = context.wrap_socket(
-                self._sock, server_hostname=self._server.effective_tls_server_name
+                self._sock,
+                server_hostname=server.effective_tls_server_name,
+                do_handshake_on_connect=False,
             )
+            self._sock = tls
+            _sync_handshake(tls, timeout)
         except (OSError, ValueError) as exc:
-            raise _handshake_error(exc, stage, self._server) from None
-        self._sock = tls
+            raise _handshake_error(exc, stage, server, timeout) from None
         self._timeout = tls.gettimeout()
         self._poller = None
+        self._tls_errors = lambda exc, stage: describe_tls_error(exc, server, stage)
         self.tls_info = TlsInfo.from_ssl_object(tls)
         return self.tls_info
 
     def close(self) -> None:
+        """Close after the session ended cleanly (what was written still goes out)."""
         with contextlib.suppress(OSError):
             self._sock.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping whatever is still unsent (RST): a session given up
+        mid-transaction must never complete it afterwards."""
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        self.close()
+
+
+async def _http_connect_async(
+    server: Server, host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    address, request = _connect_request(server, host, port)
+    reader, writer = await asyncio.open_connection(*address, limit=_MAX_PROXY_REPLY)
+    try:
+        writer.write(request)
+        await writer.drain()
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")  # the rest stays buffered
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            raise ConnectError("the HTTP proxy did not answer CONNECT", stage="connect") from None
+        _check_connect_reply(head, host, port)
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return reader, writer
+
+
+async def _open_async(
+    server: Server, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = server.host, server.effective_port
+    if _is_http_proxy(server):
+        return await _http_connect_async(server, host, port)
+    if server.proxy:
+        from python_socks.async_.asyncio import Proxy
+
+        proxy = Proxy.from_url(_socks_url(server), rdns=True)
+        sock = await proxy.connect(host, port, timeout=timeout)
+        return await asyncio.open_connection(sock=sock)
+    return await asyncio.open_connection(host, port)
 
 
 class AsyncStream:
     """An asyncio stream pair (optionally through a proxy, optionally TLS)."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str | None = None
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._server = server
+        self.peer = peer  # the connected address (None through a proxy)
         self.tls_info: TlsInfo | None = None
+        self._tls_errors: TlsErrors | None = None
 
     @classmethod
-    async def connect(cls, server: Server) -> AsyncStream:
-        timeout = server.effective_timeout
-        host, port = server.host, server.effective_port
+    async def connect(cls, server: Server, timeout: float) -> AsyncStream:
+        """Connect within ``timeout`` seconds in all (lookup, proxy, implicit TLS)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                if _is_http_proxy(server):
-                    reader, writer = await _http_connect_async(server, host, port)
-                elif server.proxy:
-                    from python_socks.async_.asyncio import Proxy
-
-                    proxy = Proxy.from_url(_socks_url(server), rdns=True)
-                    sock = await proxy.connect(host, port, timeout=timeout)
-                    reader, writer = await asyncio.open_connection(sock=sock)
-                else:
-                    reader, writer = await asyncio.open_connection(host, port)
+            async with asyncio.timeout_at(deadline):
+                reader, writer = await _open_async(server, timeout)
         except Exception as exc:
-            raise _proxy_error(exc, server) from None
-        stream = cls(reader, writer, server)
+            raise _proxy_error(exc, server, timeout) from None
+        stream = cls(reader, writer, _peer_ip(writer.get_extra_info("peername"), server))
         if Option.SECURE_IMPLICIT in server.options:
             try:  # TCP first, then TLS: a handshake failure is a TlsError, as in SyncStream
-                await stream.start_tls("connect")
+                await stream.start_tls(server, "connect", max(deadline - loop.time(), 0.001))
             except BaseException:
-                stream.close()
+                stream.abort()
                 raise
         return stream
 
@@ -341,7 +498,7 @@ class AsyncStream:
         self.tls_info = TlsInfo.from_ssl_object(obj) if obj is not None else None
         return self.tls_info
 
-    async def send(self, data: bytes, stage: str) -> None:
+    async def send(self, data: bytes, stage: str, timeout: float) -> None:
         try:
             writer = self._writer
             writer.write(data)
@@ -351,36 +508,39 @@ class AsyncStream:
                 # needed (it still runs, for the errors it reports).
                 await writer.drain()
                 return
-            async with asyncio.timeout(self._server.effective_timeout):
+            async with asyncio.timeout(max(timeout, 0.001)):
                 await writer.drain()
         except (OSError, ValueError, RuntimeError) as exc:
-            raise _io_error(exc, stage, "while sending", self._server) from None
+            raise _io_error(exc, stage, "while sending", timeout, self._tls_errors) from None
 
     async def poll(self, stage: str) -> bytes:
         """What the server sent while we were idle, without waiting: ``b""`` if nothing."""
         if not getattr(self._reader, "_buffer", b"") and not self._reader.at_eof():
             return b""
-        data = await self.receive(stage, self._server.effective_timeout)
-        return data
+        return await self._read(stage, None)  # already arrived: read() cannot wait
 
     async def receive(self, stage: str, timeout: float) -> bytes:
+        reader = self._reader
+        if getattr(reader, "_buffer", b"") or reader.at_eof():
+            return await self._read(stage, None)  # already arrived: read() cannot wait
+        return await self._read(stage, max(timeout, 0.001))
+
+    async def _read(self, stage: str, timeout: float | None) -> bytes:
         try:
-            reader = self._reader
-            if getattr(reader, "_buffer", b"") or reader.at_eof():
-                data = await reader.read(READ_SIZE)  # already arrived: read() cannot wait
-            else:
-                async with asyncio.timeout(max(timeout, 0.001)):
-                    data = await reader.read(READ_SIZE)
+            async with asyncio.timeout(timeout):
+                data = await self._reader.read(READ_SIZE)
         except (OSError, ValueError) as exc:
-            raise _io_error(exc, stage, "waiting for the server's reply", self._server) from None
+            doing = "waiting for the server's reply"
+            raise _io_error(exc, stage, doing, timeout or 0.0, self._tls_errors) from None
         if not data:
             raise ServerDisconnected(
                 "the server closed the connection when a reply was due", stage=stage
             )
         return data
 
-    async def start_tls(self, stage: str) -> TlsInfo | None:
-        context = make_ssl_context(self._server)
+    async def start_tls(self, server: Server, stage: str, timeout: float) -> TlsInfo | None:
+        """Handshake with ``server``'s TLS settings, the whole of it within ``timeout``."""
+        context = make_ssl_context(server)
         if getattr(self._reader, "_buffer", b""):
             # Plaintext that arrived after the STARTTLS reply would survive the handshake
             # in the reader's buffer and be read as if it came over TLS (fault S8).
@@ -391,17 +551,33 @@ class AsyncStream:
                 stage=stage,
             )
         try:
-            async with asyncio.timeout(self._server.effective_timeout):
+            async with asyncio.timeout(max(timeout, 0.001)):
                 await self._writer.start_tls(
-                    context, server_hostname=self._server.effective_tls_server_name
+                    context, server_hostname=server.effective_tls_server_name
                 )
         except (OSError, ValueError) as exc:
-            raise _handshake_error(exc, stage, self._server) from None
+            raise _handshake_error(exc, stage, server, timeout) from None
+        self._tls_errors = lambda exc, stage: describe_tls_error(exc, server, stage)
         return self._record_tls()
 
     def close(self) -> None:
+        """Close after the session ended cleanly (buffered writes still go out)."""
         with contextlib.suppress(Exception):
             self._writer.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is buffered here and in the kernel (RST).
+
+        ``writer.close()`` would still flush the write buffer — the final dot of a
+        message the caller was told failed or was cancelled included.
+        """
+        transport = self._writer.transport
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(Exception):
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        with contextlib.suppress(Exception):
+            transport.abort()
 
     async def aclose(self) -> None:
         self.close()
