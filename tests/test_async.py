@@ -4,7 +4,9 @@ and inside a running event loop."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -240,18 +242,36 @@ def test_cancel_mid_data_never_completes_the_message(fake_smtp: Any) -> None:
     assert b"250 accepted anyway" not in fake.sent[0]
 
 
-def test_timeout_mid_data_never_completes_the_message(fake_smtp: Any) -> None:
-    """Issue 13.1: SmtpTimeout while the body waits in the write buffer; nothing of it may
-    go out afterwards."""
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_timeout_mid_data_never_completes_the_message(
+    fake_smtp: Any, monkeypatch: pytest.MonkeyPatch, driver: str
+) -> None:
+    """Issue 13.1: SmtpTimeout while most of the body (final dot included) still waits in
+    a write buffer — a small SO_SNDBUF keeps it out of the kernel. Nothing of it may go out
+    afterwards, however long the caller's loop (or process) keeps running."""
     fake = _slow_reader(fake_smtp)
     server = Server(fake.host, port=fake.port, options=Option.EXTENDED, timeout=1)
+    connect = socket.socket.connect
+
+    def small_send_buffer(sock: socket.socket, address: Any) -> Any:
+        if isinstance(address, tuple) and address[1] == fake.port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", small_send_buffer)
+    kw: dict[str, Any] = {"sender": SENDER, "recipients": ["b@e.org"]}
 
     async def main() -> None:
         with pytest.raises(SmtpTimeout) as info:
-            await asubmit_message(_SLOW_BODY, server, sender=SENDER, recipients=["b@e.org"])
+            await asubmit_message(_SLOW_BODY, server, **kw)
         assert info.value.stage == "data"
-        await asyncio.sleep(4)
+        await asyncio.sleep(4)  # the server reads again after 2.5 s
 
-    asyncio.run(main())
+    if driver == "async":
+        asyncio.run(main())
+    else:
+        with pytest.raises(SmtpTimeout):
+            submit_message(_SLOW_BODY, server, **kw)
+        time.sleep(4)
     fake.join(5)
     assert fake.data == []
