@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.servers.fakesmtp import Close, Responder, Send
 from tests.test_cli_send import home, run_cli
 
 __all__ = ["home"]
@@ -91,3 +92,40 @@ def test_probe_postfix_wrong_ca(postfix: Any, ca_file: str, home: Path) -> None:
     assert "verification failed" in report["tls"]["verification"]
     assert report["tls"]["certificate"]["issuer"]
     assert report["auth_mechanisms"]
+
+
+def test_probe_failed_handshake_still_reports_ehlo(fake_smtp: Any, home: Path) -> None:
+    """Issue 13.19: EHLO was answered, the handshake after STARTTLS failed (twice: with and
+    without verification). The report says so instead of ``"esmtp": null``."""
+    fake = fake_smtp(
+        Responder(
+            capabilities=("STARTTLS", "SIZE 1000", "AUTH PLAIN LOGIN"),
+            replies={"STARTTLS": [Send(b"220 go ahead\r\n"), Send(b"not TLS at all\r\n"), Close()]},
+        ),
+        check=False,
+    )
+    code, report, err = probe_json(home, f"127.0.0.1:{fake.port}")
+    assert code == 0, err  # an SMTP conversation happened
+    assert report["connected"] is True
+    assert report["greeting"].startswith("220 fake.test")
+    assert report["esmtp"] is True
+    assert report["starttls"] == "failed"
+    assert report["tls"]["established"] is False
+    assert report["tls"]["mode"] == "starttls"
+    assert report["tls"]["verification"].startswith("failed: ")
+    assert report["capabilities"]["SIZE"] == "1000"  # what the server said before TLS
+    assert fake.connections == 2
+
+
+def test_probe_capabilities_come_from_the_client(fake_smtp: Any, home: Path) -> None:
+    """AUTH and SIZE as the library reads them (one parser): the old ``AUTH=`` form counts,
+    an absurd SIZE means no limit."""
+    fake = fake_smtp(
+        Responder(capabilities=("AUTH PLAIN", "AUTH=LOGIN", "SIZE 99999999999999999999")),
+    )
+    code, report, err = probe_json(home, f"127.0.0.1:{fake.port}")
+    assert code == 0, err
+    assert report["esmtp"] is True and report["starttls"] == "not offered"
+    assert report["auth_mechanisms"] == ["PLAIN", "LOGIN"]
+    assert report["size_limit"] is None
+    assert report["tls"] is None

@@ -1028,9 +1028,10 @@ def test_s8_async_stream_refuses_plaintext_buffered_before_the_handshake():
     async def main() -> None:
         reader = asyncio.StreamReader()
         reader.feed_data(b"250-x\r\n250 AUTH PLAIN\r\n")
-        stream = AsyncStream(reader, None, Server("127.0.0.1", options=Option.SECURE))  # type: ignore[arg-type]
+        stream = AsyncStream(reader, None)  # type: ignore[arg-type]
+        server = Server("127.0.0.1", options=Option.SECURE)
         with pytest.raises(TlsError, match="plaintext after its STARTTLS reply") as info:
-            await stream.start_tls("starttls")
+            await stream.start_tls(server, "starttls", 5.0)
         assert info.value.stage == "starttls"
 
     asyncio.run(main())

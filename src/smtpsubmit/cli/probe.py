@@ -22,9 +22,12 @@ from smtpsubmit.cli.options import (
     build_server,
     resolve_account,
 )
-from smtpsubmit.cli.output import print_transcript_to, recording
+from smtpsubmit.cli.output import print_transcript_to
+from smtpsubmit.client import Client
 from smtpsubmit.errors import SmtpError, TlsError
 from smtpsubmit.server import Option, Server
+from smtpsubmit.session import Session
+from smtpsubmit.transport import AsyncStream, SyncStream
 
 DESCRIPTION = """\
 Connect to SERVER and report what it offers: the greeting, the EHLO
@@ -112,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
 
 def probe(server: Server) -> tuple[dict[str, Any], SmtpError | None]:
     """Connect (reconnecting without verification when TLS fails) and describe it."""
-    from smtpsubmit.client import Client
-
     report: dict[str, Any] = {
         "server": f"{server.host}:{server.effective_port}",
         "host": server.host,
@@ -133,23 +134,18 @@ def probe(server: Server) -> tuple[dict[str, Any], SmtpError | None]:
         attempts.append(dataclasses.replace(server, options=server.options | Option.TRUSTEDSITE))
     tls_failure: TlsError | None = None
     for attempt in attempts:
-        with recording() as transcript:
-            try:
-                with Client(attempt) as client:
-                    _describe(report, client, attempt, transcript.lines)
-                    der = _peer_der(client)
-            except SmtpError as exc:
-                greeting = _greeting_from(transcript.lines)
-                report["greeting"] = report["greeting"] or greeting
-                report["connected"] = report["connected"] or greeting is not None
-                report["error"] = str(exc)
-                if isinstance(exc, TlsError) and attempt is not attempts[-1]:
-                    tls_failure = exc
-                    continue  # again without verification, to show the certificate
-                if isinstance(exc, TlsError):
-                    report["tls"] = {"established": False, "verification": f"failed: {exc}"}
-                    report["starttls"] = "failed" if "C: STARTTLS" in transcript.lines else None
-                return report, exc
+        client = _ProbeClient(attempt)
+        try:
+            with client:
+                _describe(report, client, attempt)
+                der = _peer_der(client)
+        except SmtpError as exc:
+            report["error"] = str(exc)
+            _describe_failure(report, client.session, attempt, exc)
+            if isinstance(exc, TlsError) and attempt is not attempts[-1]:
+                tls_failure = exc
+                continue  # again without verification, to show the certificate
+            return report, exc
         report["connected"] = True
         report["error"] = None
         tls = report["tls"]
@@ -165,27 +161,55 @@ def probe(server: Server) -> tuple[dict[str, Any], SmtpError | None]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _greeting_from(lines: list[str]) -> str | None:
-    for line in lines:
-        if line.startswith("S: "):
-            return line[3:]
-    return None
+class _ProbeClient(Client):
+    """A Client that keeps its session after a failure, to report how far it got."""
+
+    session: Session | None = None
+
+    def _new_session(self, stream: SyncStream | AsyncStream) -> Session:
+        self.session = super()._new_session(stream)
+        return self.session
 
 
-def _describe(report: dict[str, Any], client: Any, server: Server, transcript: list[str]) -> None:
-    greeting = client.greeting
-    caps: dict[str, str] = client.capabilities
-    report["greeting"] = str(greeting) if greeting is not None else None
-    report["esmtp"] = bool(caps) or any(line.startswith("C: EHLO") for line in transcript)
-    report["capabilities"] = caps
-    report["auth_mechanisms"] = caps.get("AUTH", "").upper().split()
-    size = caps.get("SIZE", "").strip()
-    report["size_limit"] = int(size) if size.isdigit() and int(size) > 0 else None
+def _describe_failure(
+    report: dict[str, Any], session: Session | None, server: Server, exc: SmtpError
+) -> None:
+    """What a failed attempt learnt: the greeting, EHLO, whether STARTTLS was tried."""
+    if session is None or session.greeting is None:
+        return
+    report["greeting"] = str(session.greeting)
+    report["connected"] = True
+    if session.esmtp:  # EHLO was answered (before TLS, if TLS then failed)
+        report["esmtp"] = True
+        report["capabilities"] = dict(session.capabilities)
     implicit = Option.SECURE_IMPLICIT in server.options
-    starttls_sent = any(line.strip() == "C: STARTTLS" for line in transcript)
+    offered = session.capabilities.has("STARTTLS")
+    if not implicit and session.esmtp:
+        report["starttls"] = "not offered" if not offered else report["starttls"]
+    if isinstance(exc, TlsError):
+        tried = implicit or (offered and exc.stage == "starttls")
+        if not implicit and tried:
+            report["starttls"] = "failed"
+        report["tls"] = {
+            "mode": "implicit" if implicit else "starttls",
+            "established": False,
+            "verification": f"failed: {exc}",
+        }
+
+
+def _describe(report: dict[str, Any], client: Client, server: Server) -> None:
+    greeting = client.greeting
+    caps = client.capabilities
+    session = getattr(client, "session", None)
+    report["greeting"] = str(greeting) if greeting is not None else None
+    report["esmtp"] = bool(session.esmtp) if session is not None else bool(caps)
+    report["capabilities"] = dict(caps)
+    report["auth_mechanisms"] = caps.auth_mechanisms
+    report["size_limit"] = caps.size
+    implicit = Option.SECURE_IMPLICIT in server.options
     if implicit:
         report["starttls"] = None
-    elif starttls_sent and client.is_tls:
+    elif client.is_tls:
         report["starttls"] = "done"
     else:
         report["starttls"] = "not offered"
@@ -202,7 +226,7 @@ def _describe(report: dict[str, Any], client: Any, server: Server, transcript: l
         report["tls"] = None
 
 
-def _peer_der(client: Any) -> bytes | None:
+def _peer_der(client: Client) -> bytes | None:
     """The server certificate in DER form (present even when it was not verified)."""
     info = client.tls_info
     return info.peer_certificate_der if info is not None else None
