@@ -14,6 +14,7 @@ import pytest
 from smtpsubmit import (
     AsyncClient,
     Client,
+    ClientBusyError,
     Option,
     Server,
     SmtpTimeout,
@@ -275,3 +276,80 @@ def test_timeout_mid_data_never_completes_the_message(
         time.sleep(4)
     fake.join(5)
     assert fake.data == []
+
+
+def _slow_data_reply(fake_smtp: Any) -> Any:
+    """The answer to the final dot takes 1 s: a window in which a second call could land."""
+    return fake_smtp(
+        Responder(
+            capabilities=(),
+            replies={
+                "DATA": [Send(b"354 go\r\n"), ReadData(), Delay(1), Send(b"250 2.0.0 queued\r\n")]
+            },
+            strict=True,
+        )
+    )
+
+
+def test_second_send_on_a_busy_async_client_is_refused(fake_smtp: Any) -> None:
+    """Issue 13.4: the second call raises ClientBusyError before writing anything; the first
+    completes undisturbed."""
+    fake = _slow_data_reply(fake_smtp)
+    server = Server(fake.host, port=fake.port, options=Option.EXTENDED, timeout=5)
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server) as client:
+            first = asyncio.create_task(
+                client.send(numbered(1), sender=SENDER, recipients=["b@e.org"])
+            )
+            await asyncio.sleep(0.3)  # the first is waiting for the answer to its dot
+            calls = [
+                client.send(numbered(2), sender=SENDER, recipients=["b@e.org"]),
+                client.noop(),
+                client.reset(),
+                client.verify("b@e.org"),
+                client.close(),
+            ]
+            outcomes: list[Any] = []
+            for call in calls:
+                try:
+                    outcomes.append(await call)
+                except Exception as exc:
+                    outcomes.append(exc)
+            outcomes.append(await first)
+            return outcomes
+
+    *refused, result = asyncio.run(main())
+    for exc in refused:
+        assert isinstance(exc, ClientBusyError) and isinstance(exc, RuntimeError), exc
+        assert "in progress" in str(exc)
+    assert result.reply.code == 250
+    fake.assert_ok()
+    assert fake.data == [numbered(1) + b".\r\n"]
+    verbs = [c.split(b" ")[0] for c in fake.commands[0]]
+    assert verbs == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT"]
+
+
+def test_second_send_from_another_thread_is_refused(fake_smtp: Any) -> None:
+    """Issue 13.4, the sync Client shared by two threads."""
+    fake = _slow_data_reply(fake_smtp)
+    server = Server(fake.host, port=fake.port, options=Option.EXTENDED, timeout=5)
+    outcome: list[Any] = []
+    with Client(server) as client:
+
+        def first() -> None:
+            outcome.append(client.send(numbered(1), sender=SENDER, recipients=["b@e.org"]))
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        time.sleep(0.3)
+        with pytest.raises(ClientBusyError):
+            client.send(numbered(2), sender=SENDER, recipients=["b@e.org"])
+        with pytest.raises(ClientBusyError):
+            client.noop()
+        thread.join(5)
+        assert outcome[0].reply.code == 250
+        assert client.noop().code == 250  # usable again once the first call is over
+    fake.assert_ok()
+    assert len(fake.data) == 1
+    assert b"RSET" not in fake.transcript[0]

@@ -5,12 +5,18 @@ Every scenario runs through the sync Client and the AsyncClient (``driver``).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from smtpsubmit import (
+    AsyncClient,
+    Capabilities,
+    Client,
     ConnectError,
     DataRefused,
     DeliveryStatusUnknown,
@@ -434,3 +440,39 @@ def test_ready_message_from_a_file(driver: Any, fake_smtp: Any, tmp_path: Any) -
     with path.open("rb") as handle:
         result = driver.submit(handle, server_for(fake), sender=SENDER, recipients=RCPT)
     assert result.size == len(RAW) and fake.data == [RAW + b".\r\n"]
+
+
+def _capabilities(driver: Any, server: Server) -> Any:
+    if driver.name == "sync":
+        with Client(server) as client:
+            return client.capabilities
+
+    async def main() -> Any:
+        async with AsyncClient(server) as client:
+            return client.capabilities
+
+    return asyncio.run(main())
+
+
+def test_capabilities_are_typed_and_read_like_a_dict(driver: Any, fake_smtp: Any) -> None:
+    """Issue 14: ``.capabilities`` is a ``Capabilities`` (size, auth_mechanisms, has())
+    and still the contract's ``str -> str`` mapping with upper-case keys."""
+    fake = fake_smtp(
+        Responder(capabilities=("SIZE 1000", "auth plain", "AUTH=LOGIN", "8BITMIME", "X-ODD"))
+    )
+    caps = _capabilities(driver, server_for(fake))
+    assert isinstance(caps, Capabilities) and isinstance(caps, Mapping)
+    assert caps == {"SIZE": "1000", "AUTH": "plain LOGIN", "8BITMIME": "", "X-ODD": ""}
+    assert caps.size == 1000
+    assert caps.auth_mechanisms == ["PLAIN", "LOGIN"]
+    assert caps.has("8bitmime") and not caps.has("CHUNKING")
+    assert caps["size"] == "1000" and "size" in caps
+    assert caps.get("CHUNKING") is None and caps.get("CHUNKING", "-") == "-"
+    assert json.loads(json.dumps(dict(caps))) == dict(caps)
+    with pytest.raises(TypeError):
+        caps["SIZE"] = "1"  # type: ignore[index]
+
+
+def test_capabilities_without_a_session_are_empty() -> None:
+    caps = Client(Server("127.0.0.1")).capabilities
+    assert caps == {} and caps.size is None and caps.auth_mechanisms == [] and not caps.has("X")

@@ -37,3 +37,12 @@ def test_same_public_methods_and_parameters() -> None:
 def test_submit_functions_have_the_same_signature() -> None:
     assert inspect.signature(submit_message) == inspect.signature(asubmit_message)
     assert inspect.iscoroutinefunction(asubmit_message)
+
+
+def test_every_session_call_is_guarded_against_concurrent_use() -> None:
+    """A second call while one is in flight must raise ClientBusyError before writing
+    (issue 13.4): every public method that talks to the server takes the guard."""
+    for cls in (Client, AsyncClient):
+        for name, member in vars(cls).items():
+            if callable(member) and not name.startswith("_"):
+                assert "self._exclusive(" in inspect.getsource(member), (cls.__name__, name)

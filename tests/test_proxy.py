@@ -16,14 +16,17 @@ import pytest
 
 from smtpsubmit import (
     AsyncClient,
+    AuthError,
     Client,
     ConnectError,
     Option,
     Server,
     SmtpError,
+    SmtpTimeout,
     SubmitResult,
     TlsError,
 )
+from tests.servers.fakesmtp import Responder, Silent, Trickle
 from tests.servers.proxy import TestProxy, proxy_pool
 
 SENDER = "sender@example.org"
@@ -283,3 +286,43 @@ def test_bad_proxy_url_is_a_value_error():
     for url in ("ftp://127.0.0.1:21", "socks5://", "127.0.0.1:1080"):
         with pytest.raises(ValueError, match="proxy"):
             Server("smtp.example.org", proxy=url)
+
+
+# --------------------------------------------------------------------------------------
+# One deadline for the whole connect phase (issue 13.11)
+# --------------------------------------------------------------------------------------
+
+
+@DRIVERS
+def test_trickling_http_proxy_is_bounded_by_the_timeout(driver, fake_smtp):
+    """A proxy that answers CONNECT one byte every 0.3 s: each byte is in time, the reply
+    as a whole is not. timeout=1 bounds the exchange (it took 16 s in the sync driver)."""
+    reply = b"HTTP/1.1 200 Connection established\r\n\r\n"
+    proxy = fake_smtp([Trickle(reply, interval=0.3)], check=False)
+    server = Server("127.0.0.1", port=25, timeout=1, proxy=f"http://127.0.0.1:{proxy.port}")
+    started = time.monotonic()
+    err = fails(driver, server, SmtpTimeout)
+    assert err.stage == "connect"
+    assert time.monotonic() - started < 2.5
+
+
+@DRIVERS
+def test_silent_socks_proxy_is_bounded_by_the_timeout(driver, fake_smtp):
+    proxy = fake_smtp([Silent(5)], check=False)
+    server = Server("127.0.0.1", port=25, timeout=1, proxy=f"socks5://127.0.0.1:{proxy.port}")
+    started = time.monotonic()
+    err = fails(driver, server, SmtpTimeout)
+    assert err.stage == "connect"
+    assert time.monotonic() - started < 2.5
+
+
+@DRIVERS
+def test_no_loopback_exemption_through_a_proxy(driver, proxies, fake_smtp):
+    """The connected peer is the proxy: plaintext AUTH stays refused, even to 127.0.0.1."""
+    fake = fake_smtp(Responder(capabilities=("AUTH PLAIN",)), check=False)
+    proxy = proxies("socks5")
+    server = Server("127.0.0.1", "user", CANARY, fake.port, 3, proxy=proxy.url())
+    err = fails(driver, server, AuthError)
+    assert "allow_plaintext_auth" in str(err)
+    fake.join(3)
+    assert b"AUTH" not in fake.transcript[0]
