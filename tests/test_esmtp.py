@@ -155,9 +155,9 @@ def test_ten_recipients_take_one_round_trip_for_the_envelope(
     events: list[str] = []
     original_send, original_receive = SyncStream.send, SyncStream.receive
 
-    def send(self: SyncStream, data: bytes, stage: str) -> None:
+    def send(self: SyncStream, data: bytes, stage: str, timeout: float) -> None:
         events.append("W:" + data.split(b"\r\n", 1)[0].decode()[:4])
-        original_send(self, data, stage)
+        original_send(self, data, stage, timeout)
 
     def receive(self: SyncStream, stage: str, timeout: float) -> bytes:
         events.append("R")
