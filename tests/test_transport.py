@@ -132,7 +132,7 @@ def test_close_lets_written_data_go_out(kind: str, listener: Listener) -> None:
             stream = await AsyncStream.connect(server, 5)
             listener.accept()
             await stream.send(payload, "quit", 5)
-            await stream.aclose()
+            await stream.aclose(5)
 
         asyncio.run(main())
     assert listener.read_all() == (len(payload), False)

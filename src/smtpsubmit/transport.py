@@ -579,8 +579,9 @@ class AsyncStream:
         with contextlib.suppress(Exception):
             transport.abort()
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float) -> None:
+        """``close()``, then wait (at most ``timeout`` s) until the connection is closed."""
         self.close()
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(1):
+            async with asyncio.timeout(max(timeout, 0.001)):
                 await self._writer.wait_closed()
