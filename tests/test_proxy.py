@@ -326,3 +326,21 @@ def test_no_loopback_exemption_through_a_proxy(driver, proxies, fake_smtp):
     assert "allow_plaintext_auth" in str(err)
     fake.join(3)
     assert b"AUTH" not in fake.transcript[0]
+
+
+@DRIVERS
+def test_proxy_and_implicit_tls_share_one_connect_budget(driver, fake_smtp):
+    """The proxy answers slowly (about 0.85 s), then nothing answers the TLS handshake: the
+    connect phase still ends at timeout=1, not 1 s after the proxy's reply."""
+    proxy = fake_smtp([Trickle(b"HTTP/1.1 200 OK\r\n\r\n", interval=0.045), Silent(5)], check=False)
+    server = Server(
+        "127.0.0.1",
+        port=465,
+        timeout=1,
+        options=Option.SECURE_IMPLICIT,
+        proxy=f"http://127.0.0.1:{proxy.port}",
+    )
+    started = time.monotonic()
+    err = fails(driver, server, SmtpTimeout)
+    assert err.stage == "connect"
+    assert time.monotonic() - started < 1.5
