@@ -349,9 +349,11 @@ def test_pending_rset_is_pipelined_with_the_next_transaction_aiosmtpd(
     for stream in (SyncStream, AsyncStream):
         original = stream.send
 
-        def record(self: Any, data: bytes, stage: str, _original: Any = original) -> Any:
+        def record(
+            self: Any, data: bytes, stage: str, timeout: float, _original: Any = original
+        ) -> Any:
             writes.append(bytes(data))
-            return _original(self, data, stage)
+            return _original(self, data, stage, timeout)
 
         monkeypatch.setattr(stream, "send", record)
     server = Server(host, port=port, options=Option.EXTENDED, timeout=3)
