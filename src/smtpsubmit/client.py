@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 from smtpsubmit.envelope import DSN
 from smtpsubmit.errors import AuthError, ServerDisconnected, SmtpError, SmtpTimeout
+from smtpsubmit.prepare import MessageInput, prepare_submission
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
 from smtpsubmit.session import Flow, Receive, Send, Session, StartTls
-from smtpsubmit.submit import MessageInput, prepare_submission
 from smtpsubmit.transport import AsyncStream, SyncStream, local_hostname_for
 
 __all__ = ["AsyncClient", "Client"]
