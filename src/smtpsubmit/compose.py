@@ -19,16 +19,13 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from smtpsubmit import mime
 from smtpsubmit.addresses import Address, dedupe, parse_address_field, single_sender
 from smtpsubmit.attachments import parse_attachments
 from smtpsubmit.errors import MessageError
 from smtpsubmit.prepared import Source, date_value, new_message_id
-
-if TYPE_CHECKING:
-    from smtpsubmit.message import Message
 
 __all__ = ["Encoding"]
 
@@ -46,6 +43,36 @@ _ADDRESS_FIELDS = frozenset(
     }
 )
 _LINE_END = re.compile(r"\r\n|\n")
+
+
+class Fields(Protocol):
+    """The fields of a :class:`~smtpsubmit.message.Message`, unchecked (as given)."""
+
+    @property
+    def sender(self) -> object: ...
+    @property
+    def to(self) -> object: ...
+    @property
+    def cc(self) -> object: ...
+    @property
+    def bcc(self) -> object: ...
+    @property
+    def date(self) -> object: ...
+    @property
+    def subject(self) -> object: ...
+    @property
+    def headers(self) -> object: ...
+    @property
+    def text(self) -> object: ...
+    @property
+    def html(self) -> object: ...
+    @property
+    def attachments(self) -> object: ...
+    @property
+    def charset(self) -> object: ...
+    @property
+    def encoding(self) -> object: ...
+
 
 Sizes = tuple[int | None, ...]  # each attachment's file size in one render (None: data)
 
@@ -232,7 +259,7 @@ def _encoding(value: object) -> Encoding:
 class Composed(Source):
     """A message built from the :class:`Message` fields."""
 
-    def __init__(self, message: Message) -> None:
+    def __init__(self, message: Fields) -> None:
         self.charset = _charset(message.charset)
         self.encoding = _encoding(message.encoding)
         self.sender = single_sender(message.sender)
@@ -272,7 +299,7 @@ class Composed(Source):
             mime.encode_text(subject, self.charset.codec, "subject")
         return subject
 
-    def _fields(self, message: Message) -> tuple[list[_Field], str | None, str | None]:
+    def _fields(self, message: Fields) -> tuple[list[_Field], str | None, str | None]:
         result: list[_Field] = []
         date: str | None = None
         message_id: str | None = None
