@@ -59,11 +59,18 @@ class Trickle(io.RawIOBase):
             b"From a@example.org Mon Jan  1 00:00:00 2024\nTo: b@example.org\n\nx\n",
             b"To: b@example.org\r\n\r\nx\r\n",
         ),
-        # a line that is not a field ends the header; a blank line is put before the body
+        # a line that is not a field ends the header: left as it is when nothing is removed,
         (
             b"To: b@example.org\nnot a field\nmore\n",
-            b"To: b@example.org\r\n\r\nnot a field\r\nmore\r\n",
+            b"To: b@example.org\r\nnot a field\r\nmore\r\n",
         ),
+        # and written with a blank line when the header is rewritten
+        (
+            b"To: b@example.org\nBcc: x@example.org\nnot a field\nBcc: kept in the body\n",
+            b"To: b@example.org\r\n\r\nnot a field\r\nBcc: kept in the body\r\n",
+        ),
+        # "bcc" elsewhere in the header changes nothing
+        (b"Subject: re: bcc\n\nx\n", b"Subject: re: bcc\r\n\r\nx\r\n"),
         # no header at all: sent as it is
         (b"just text\n", b"just text\r\n"),
         (b"", b""),

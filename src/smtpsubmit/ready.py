@@ -27,14 +27,14 @@ business.
 from __future__ import annotations
 
 import contextlib
-import io
+import itertools
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, NamedTuple
 
 from smtpsubmit import mime
 from smtpsubmit.addresses import HEADER_FACTORY, Address, dedupe, parse_header_addresses
@@ -51,6 +51,12 @@ HIDDEN = frozenset({"bcc", "resent-bcc"})  # never sent (RFC 5322 §3.6.3)
 
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 _FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
+_MESSAGE_ID = re.compile(
+    rb"^message-id[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
+)
+_HIDDEN = re.compile(rb"^(?:resent-)?bcc[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
+_FIELDS = re.compile(rb"(?:[!-9;-~]+[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+")
 CRLF = mime.CRLF
 
 
@@ -91,8 +97,7 @@ def normalize_newlines(blocks: Iterable[bytes]) -> Iterator[bytes]:
 # --------------------------------------------------------------------------- scan
 
 
-@dataclass(frozen=True)
-class HeaderField:
+class HeaderField(NamedTuple):
     """One header field as read: lower-case name, and the whole field with CRLF."""
 
     name: str
@@ -105,11 +110,10 @@ class HeaderField:
         return value.replace("\r\n", "").strip()
 
 
-@dataclass(frozen=True)
-class Scan:
+class Scan(NamedTuple):
     """What one pass over a ready message learned (newlines normalised)."""
 
-    fields: tuple[HeaderField, ...]
+    header_block: bytes  # the header fields as read (each ending CRLF), nothing else
     header_len: int  # normalised octets before the body: header block and blank line
     separated: bool  # a blank line separates header and body
     body_len: int
@@ -148,6 +152,44 @@ class _Header:
         self.fields.append(HeaderField(name, line + CRLF))
         return True
 
+    def block(self) -> bytes:
+        return b"".join(field.raw for field in self.fields)
+
+
+def _take_lines(header: _Header, buffer: bytes, pos: int) -> tuple[int, int, bool]:
+    """Feed *header* the complete lines from *pos*: (next pos, body start or -1, separated)."""
+    while (end := buffer.find(CRLF, pos)) >= 0:
+        line = buffer[pos:end]
+        if not line:
+            return pos, end + 2, True
+        if not header.line(line):
+            return pos, pos, False  # not a field: the body starts here (sendmail's reading)
+        pos = end + 2
+    return pos, -1, False
+
+
+def _at_end(header: _Header, buffer: bytes, pos: int) -> int:
+    """The source ended inside the header block: where its body (if any) starts."""
+    tail = buffer[pos:]
+    return len(buffer) if tail and header.line(tail) else pos
+
+
+def _checked(
+    strict: bool, block: bytes, header_len: int, separated: bool, body: _BodyCounter
+) -> Scan:
+    if strict and not block:
+        raise MessageError("the message has no header fields")
+    if strict and max(body.longest, body.current) > mime.MAX_LINE:
+        raise MessageError(f"the message has a line longer than {mime.MAX_LINE} octets")
+    return Scan(
+        header_block=block,
+        header_len=header_len,
+        separated=separated,
+        body_len=body.size,
+        body_8bit=body.eight_bit,
+        final_crlf=body.current > 0,
+    )
+
 
 def scan(stream: IO[bytes], *, strict: bool) -> Scan:
     """Read once: split off the header fields, measure and check the body."""
@@ -159,15 +201,7 @@ def scan(stream: IO[bytes], *, strict: bool) -> Scan:
     separated = False
     for piece in pieces:
         buffer += piece
-        while (end := buffer.find(CRLF, pos)) >= 0:
-            line = buffer[pos:end]
-            if not line:
-                separated, body_start = True, end + 2
-                break
-            if not header.line(line):
-                body_start = pos  # not a field: the body starts here (sendmail's reading)
-                break
-            pos = end + 2
+        pos, body_start, separated = _take_lines(header, buffer, pos)
         if body_start >= 0:
             break
         if len(buffer) > MAX_HEADER_BLOCK:
@@ -175,26 +209,48 @@ def scan(stream: IO[bytes], *, strict: bool) -> Scan:
                 raise MessageError("the message's header block is too large")
             body_start = pos
             break
-    else:  # the source ended inside the header block
-        tail = buffer[pos:]
-        body_start = len(buffer) if tail and header.line(tail) else pos
-    if strict and not header.fields:
-        raise MessageError("the message has no header fields")
+    else:
+        body_start = _at_end(header, buffer, pos)
     counter = _BodyCounter()
     counter.feed(buffer[body_start:])
     for piece in pieces:
         counter.feed(piece)
-    longest = max(counter.longest, counter.current)
-    if strict and longest > mime.MAX_LINE:
-        raise MessageError(f"the message has a line longer than {mime.MAX_LINE} octets")
-    return Scan(
-        fields=tuple(header.fields),
-        header_len=body_start,
-        separated=separated,
-        body_len=counter.size,
-        body_8bit=counter.eight_bit,
-        final_crlf=counter.current > 0,
-    )
+    return _checked(strict, header.block(), body_start, separated, counter)
+
+
+def canonical(data: bytes) -> bytes:
+    """*data* with CRLF line ends (the same object when it already has only those)."""
+    crlf = data.count(CRLF)
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+        return data
+    return b"".join(normalize_newlines([data]))
+
+
+def scan_bytes(data: bytes, *, strict: bool) -> Scan:
+    """:func:`scan` for a message already in memory (and in CRLF form): no copy of the body."""
+    # The common case in one regex pass: fields only, then a blank line or the end.
+    fields = None if strict or data.startswith(b"From ") else _FIELDS.match(data)
+    end = fields.end() if fields else 0
+    if fields and data.startswith(CRLF, end):
+        block, body_start, separated = data[:end], end + 2, True
+    elif fields and end == len(data):
+        block, body_start, separated = data, end, False
+    else:  # anything else is read line by line
+        header = _Header(strict)
+        pos, body_start, separated = _take_lines(header, data, 0)
+        if body_start < 0:
+            body_start = _at_end(header, data, pos)
+        block = header.block()
+    if strict:  # the line check needs every line
+        if body_start > MAX_HEADER_BLOCK:
+            raise MessageError("the message's header block is too large")
+        counter = _BodyCounter()
+        counter.feed(data[body_start:])
+        return _checked(strict, block, body_start, separated, counter)
+    size = len(data) - body_start
+    eight_bit = not data.isascii() and not data[body_start:].isascii()
+    final_crlf = size > 0 and not data.endswith(CRLF)
+    return Scan(block, body_start, separated, size, eight_bit, final_crlf)
 
 
 class _BodyCounter:
@@ -269,25 +325,60 @@ class RawBody(mime.Segment):
 
 
 class ReadyMessage:
-    """A ready message: scanned once, streamed on each render, Bcc never sent.
+    """A ready message: scanned once, its body streamed on each render, Bcc never sent.
 
-    ``opener`` gives the source from its start each time it is called;
+    ``load`` gives the scan and the body segment (called at most once);
     ``stamp`` (for files) tells whether the source changed since the scan.
+    ``verbatim`` is for a message in memory that has nothing to remove: it is
+    sent as that one segment unless a field is added, and not taken apart
+    unless asked about its fields (what keeps bulk sends of bytes cheap).
     """
 
     def __init__(
-        self, opener: Opener, *, strict: bool, stamp: Callable[[], object] | None = None
+        self,
+        load: Callable[[], tuple[Scan, mime.Segment]],
+        *,
+        stamp: Callable[[], object] | None = None,
+        seen: object = None,
+        verbatim: MemoryBody | None = None,
+        head_end: int = 0,
     ) -> None:
-        self.opener = opener
+        self._load = load
+        self._loaded: tuple[Scan, mime.Segment] | None = None
         self.stamp = stamp
-        self.seen = stamp() if stamp else None
-        with opener() as stream:
-            self.scan = scan(stream, strict=strict)
+        self.seen = seen  # what stamp() said before the scan
+        self.verbatim = verbatim
+        self.head_end = head_end  # of verbatim: the header ends here at the latest
         self.added: list[bytes] = []
+        self._header: bytes | None = None
+        self._fields: list[HeaderField] | None = None
+        self._segments: tuple[mime.Segment, ...] | None = None
+
+    @property
+    def scan(self) -> Scan:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded[0]
+
+    @property
+    def body(self) -> mime.Segment:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded[1]
+
+    @property
+    def fields(self) -> list[HeaderField]:
+        """The header fields as read (split from the block when first asked for)."""
+        if self._fields is None:
+            self._fields = [
+                HeaderField(m[1].decode("ascii").lower(), m[0])
+                for m in _FIELD.finditer(self.scan.header_block)
+            ]
+        return self._fields
 
     def values(self, name: str) -> list[str]:
         """The values of every field called *name* (lower-case)."""
-        return [f.value for f in self.scan.fields if f.name == name]
+        return [f.value for f in self.fields if f.name == name]
 
     def first(self, name: str, *, unique: bool = False) -> str | None:
         values = self.values(name)
@@ -296,22 +387,26 @@ class ReadyMessage:
         return values[0] if values else None
 
     def has(self, name: str) -> bool:
-        return any(f.name == name for f in self.scan.fields)
+        return any(f.name == name for f in self.fields)
 
     def addresses(self, *names: str) -> list[Address]:
         """Every address in the fields *names*, parsed strictly, in order."""
         return [
             address
-            for f in self.scan.fields
+            for f in self.fields
             if f.name in names
             for address in parse_header_addresses(f.value, f.name)
         ]
 
     def message_id(self) -> str | None:
-        """The Message-ID field's id, without angle brackets."""
-        value = self.first("message-id")
-        if value is None:
+        """The (first) Message-ID field's id, without angle brackets."""
+        if self.verbatim is not None:  # no need to take the header apart
+            found = _MESSAGE_ID.search(self.verbatim.data, 0, self.head_end)
+        else:
+            found = _MESSAGE_ID.search(self.scan.header_block)
+        if found is None:
             return None
+        value = found[1].replace(CRLF, b"").strip().decode("utf-8", "replace")
         return value.partition("<")[2].partition(">")[0] or value
 
     def add(self, name: str, value: str) -> None:
@@ -319,11 +414,19 @@ class ReadyMessage:
         if not mime.is_safe_text(value):
             raise MessageError(f"{name}: {value!r} contains control characters")
         self.added.append(f"{name}: {value}\r\n".encode())
+        self._header = self._segments = None
 
     def header(self) -> bytes:
         """The header as sent: fields as read minus Bcc/Resent-Bcc, added ones, blank line."""
-        kept = [f.raw for f in self.scan.fields if f.name not in HIDDEN]
-        block = b"".join(kept + self.added)
+        if self._header is None:
+            self._header = self._render_header()
+        return self._header
+
+    def _render_header(self) -> bytes:
+        block = self.scan.header_block
+        if _HIDDEN.search(block):  # only then is the header taken apart
+            block = b"".join(f.raw for f in self.fields if f.name not in HIDDEN)
+        block += b"".join(self.added)
         body_follows = self.scan.body_len > 0 or self.scan.final_crlf
         if self.scan.separated or (block and body_follows):
             block += CRLF
@@ -332,14 +435,19 @@ class ReadyMessage:
     def segments(self) -> tuple[mime.Segment, ...]:
         if self.stamp is not None and self.stamp() != self.seen:
             raise MessageError("the message file changed since it was read")
-        scan = self.scan
-        body = RawBody(self.opener, scan.header_len, scan.body_len, scan.body_8bit, scan.final_crlf)
-        return (mime.Static(self.header()), body)
+        if self._segments is None:
+            if self.verbatim is not None and not self.added:
+                self._segments = (self.verbatim,)
+            else:
+                self._segments = (mime.Static(self.header()), self.body)
+        return self._segments
 
     def chunks(self) -> Iterator[bytes]:
         """The message as sent, piece by piece."""
-        for segment in self.segments():
-            yield from segment.chunks()
+        segments = self.segments()
+        if len(segments) == 1:
+            return segments[0].chunks()
+        return itertools.chain.from_iterable(segment.chunks() for segment in segments)
 
 
 class ReadySource(Source):
@@ -390,9 +498,68 @@ class ReadySource(Source):
 # --------------------------------------------------------------------------- sources
 
 
+class MemoryBody(mime.Segment):
+    """The body of a ready message held in memory: slices of it, never a copy of it all.
+
+    A plain class with slots rather than a frozen dataclass: one is made per
+    message sent as bytes, and bulk senders send many.
+    """
+
+    __slots__ = ("_eight_bit", "_size", "data", "final_crlf", "start")
+
+    def __init__(self, data: bytes, start: int, eight_bit: bool, final_crlf: bool) -> None:
+        self.data, self.start, self.final_crlf = data, start, final_crlf
+        self._eight_bit = eight_bit
+        self._size = len(data) - start + (2 if final_crlf else 0)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def eight_bit(self) -> bool:
+        return self._eight_bit
+
+    def chunks(self) -> Iterator[bytes]:
+        data = self.data
+        for start in range(self.start, len(data), mime.READ_BLOCK):
+            yield data[start : start + mime.READ_BLOCK]
+        if self.final_crlf:
+            yield CRLF
+
+
+def _head_end(data: bytes) -> int:
+    """Where the header block ends at the latest: the first blank line."""
+    end = data.find(b"\r\n\r\n")
+    return len(data) if end < 0 else end + 2
+
+
 def from_bytes(data: bytes, *, strict: bool) -> ReadyMessage:
     """A ready message held in memory."""
-    return ReadyMessage(lambda: io.BytesIO(data), strict=strict)
+    data = canonical(data)
+
+    def load() -> tuple[Scan, mime.Segment]:
+        found = scan_bytes(data, strict=strict)
+        return found, MemoryBody(data, found.header_len, found.body_8bit, found.final_crlf)
+
+    # Nothing to remove when "bcc" appears nowhere up to the first blank line
+    # (and there is no mbox "From " line): the bytes then go out as they are.
+    end = _head_end(data)
+    head = data[:end].lower()
+    if not strict and not head.startswith(b"from ") and b"bcc" not in head:
+        whole = MemoryBody(data, 0, not data.isascii(), bool(data) and not data.endswith(CRLF))
+        return ReadyMessage(load, verbatim=whole, head_end=end)
+    message = ReadyMessage(load)
+    message.scan  # noqa: B018 - scanned now, so bad input fails here
+    return message
+
+
+def _streamed(opener: Opener, strict: bool, stamp: Callable[[], object] | None) -> ReadyMessage:
+    seen = stamp() if stamp else None
+    with opener() as stream:
+        found = scan(stream, strict=strict)
+    body = RawBody(opener, found.header_len, found.body_len, found.body_8bit, found.final_crlf)
+    return ReadyMessage(lambda: (found, body), stamp=stamp, seen=seen)
 
 
 def from_path(path: str) -> ReadyMessage:
@@ -402,7 +569,7 @@ def from_path(path: str) -> ReadyMessage:
         info = os.stat(path)
         return (info.st_size, info.st_mtime_ns)
 
-    return ReadyMessage(lambda: open(path, "rb"), strict=True, stamp=stamp)
+    return _streamed(lambda: open(path, "rb"), True, stamp)
 
 
 def from_stream(stream: IO[bytes]) -> ReadyMessage:
@@ -427,4 +594,4 @@ def from_stream(stream: IO[bytes]) -> ReadyMessage:
         stream.seek(start)
         return contextlib.nullcontext(stream)
 
-    return ReadyMessage(opener, strict=False)
+    return _streamed(opener, False, None)
