@@ -3,7 +3,8 @@
 The message bytes are sent as they came, except that line ends become CRLF,
 ``Bcc`` and ``Resent-Bcc`` fields are removed, a leading mbox ``From `` line is
 dropped, and a missing ``From``, ``Date`` or ``Message-ID`` is added - what
-sendmail itself does.
+sendmail itself does. The message is read by the library's one reader of ready
+messages (:mod:`smtpsubmit.ready`), addresses by its one strict parser.
 
 Short options are parsed the way sendmail's getopt does (``-fADDR`` and ``-f
 ADDR``, ``-oi``, ``-odi``, ``-ti``); long options (``--account``,
@@ -43,7 +44,8 @@ credentials come from the account file (--account NAME, else its default
 account) or from the same connection flags as `smtpsubmit send`.
 
 Recipients are the RCPT arguments; with -t also every To, Cc and Bcc address
-of the message (Resent-To/-Cc/-Bcc instead, when the message has any). Bcc
+of the message (Resent-To/-Cc/-Bcc instead, when the message has any),
+parsed strictly: an ambiguous address list is refused, never guessed. Bcc
 and Resent-Bcc fields are removed before sending. A missing From, Date or
 Message-ID is added.
 
@@ -54,7 +56,8 @@ sendmail options:
   -t              take recipients from the To, Cc and Bcc fields too
   -i, -oi         a line with a single '.' does not end the message
   -f ADDR         envelope sender (also -fADDR; -r ADDR is the same)
-  -F NAME         display name for the From field when one is added
+  -F NAME         display name for the From field when one is added (no
+                  control characters)
   -N NOTIFY       ask for DSNs (never, or success,failure,delay), if offered
   -R full|hdrs    DSN: return the full message or its headers
   -V ENVID        DSN envelope id
