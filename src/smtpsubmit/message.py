@@ -28,13 +28,60 @@ from dataclasses import KW_ONLY, InitVar, dataclass, field
 from datetime import datetime
 from typing import IO
 
-from smtpsubmit import ready
+from smtpsubmit import mime, ready
+from smtpsubmit.addresses import HEADER_FACTORY, Address, dedupe, parse_header_addresses
 from smtpsubmit.attachments import Attachment
 from smtpsubmit.compose import Composed, Encoding
 from smtpsubmit.errors import ExtensionUnavailable, MessageError
-from smtpsubmit.prepared import PreparedMessage, Source
+from smtpsubmit.prepared import PreparedMessage, Source, date_value, new_message_id
+from smtpsubmit.ready import ReadyMessage
 
 __all__ = ["Attachment", "Encoding", "Message", "PreparedMessage"]
+
+
+class _ReadySource(Source):
+    """A ready message as a :class:`~smtpsubmit.message.Message` sees it (sendmail -t).
+
+    The envelope comes from the header: From (or Sender), To, Cc, Bcc. A
+    missing Message-ID or Date is added.
+    """
+
+    def __init__(self, ready: ReadyMessage) -> None:
+        self.ready = ready
+        self.sender = self._sender()
+        self.to, self.cc, self.bcc = (ready.addresses(name) for name in ("to", "cc", "bcc"))
+        self.recipients = dedupe(self.to + self.cc + self.bcc)
+        if not self.recipients:
+            raise MessageError("the message has no recipients in To, Cc or Bcc")
+        self.addresses = [self.sender, *self.to, *self.cc, *self.bcc]
+        message_id = ready.message_id()
+        if message_id is None:
+            message_id = new_message_id(self.sender.ascii_domain)
+            ready.add("Message-ID", f"<{message_id}>")
+        self.message_id = message_id
+        date = ready.first("date")
+        if date is None:
+            date = date_value(None)
+            ready.add("Date", date)
+        self.date = date
+
+    def _sender(self) -> Address:
+        for name in ("from", "sender"):
+            value = self.ready.first(name, unique=True)
+            addresses = parse_header_addresses(value, name) if value is not None else []
+            if len(addresses) == 1:
+                return addresses[0]
+        raise MessageError("the message has no single From (or Sender) address")
+
+    def subject(self) -> str:
+        value = self.ready.first("subject")
+        if value is None:
+            return ""
+        text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return str(HEADER_FACTORY("Subject", text))
+
+    def segments(self, *, allow_8bit: bool, smtputf8: bool) -> tuple[mime.Segment, ...]:
+        return self.ready.segments()
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,10 +108,10 @@ class Message:
     charset: str = "utf-8"
     encoding: Encoding = Encoding.AUTO
     _: KW_ONLY
-    _ready: InitVar[ready.ReadySource | None] = None
+    _ready: InitVar[_ReadySource | None] = None
     _source: Source = field(init=False, repr=False)
 
-    def __post_init__(self, _ready: ready.ReadySource | None) -> None:
+    def __post_init__(self, _ready: _ReadySource | None) -> None:
         source = _ready if _ready is not None else Composed(self)
         object.__setattr__(self, "_source", source)
 
@@ -98,7 +145,7 @@ class Message:
     @classmethod
     def _of(cls, message: ready.ReadyMessage) -> Message:
         """A Message whose fields describe a ready message (sent as read, not re-rendered)."""
-        source = ready.ReadySource(message)
+        source = _ReadySource(message)
         return cls(
             sender=source.sender.spec(True),
             to=tuple(a.spec(True) for a in source.to),
@@ -139,7 +186,7 @@ class Message:
                 extension="SMTPUTF8",
             )
         prepared = self.render(allow_8bit=allow_8bit, smtputf8=smtputf8)
-        is_ready = isinstance(self._source, ready.ReadySource)
+        is_ready = isinstance(self._source, _ReadySource)
         if is_ready and prepared.eight_bit and not allow_8bit:
             raise ExtensionUnavailable(
                 "the ready-made message contains 8-bit data and the server lacks 8BITMIME",

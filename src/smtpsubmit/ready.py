@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from typing import IO, NamedTuple
 
 from smtpsubmit import mime
-from smtpsubmit.addresses import HEADER_FACTORY, Address, dedupe, parse_header_addresses
+from smtpsubmit.addresses import Address, parse_header_addresses
 from smtpsubmit.errors import MessageError
-from smtpsubmit.prepared import Source, date_value, new_message_id
 
 __all__: list[str] = []
 
@@ -448,54 +447,6 @@ class ReadyMessage:
         if len(segments) == 1:
             return segments[0].chunks()
         return itertools.chain.from_iterable(segment.chunks() for segment in segments)
-
-
-class ReadySource(Source):
-    """A ready message as a :class:`~smtpsubmit.message.Message` sees it (sendmail -t).
-
-    The envelope comes from the header: From (or Sender), To, Cc, Bcc. A
-    missing Message-ID or Date is added.
-    """
-
-    def __init__(self, ready: ReadyMessage) -> None:
-        self.ready = ready
-        self.sender = self._sender()
-        self.to, self.cc, self.bcc = (ready.addresses(name) for name in ("to", "cc", "bcc"))
-        self.recipients = dedupe(self.to + self.cc + self.bcc)
-        if not self.recipients:
-            raise MessageError("the message has no recipients in To, Cc or Bcc")
-        self.addresses = [self.sender, *self.to, *self.cc, *self.bcc]
-        message_id = ready.message_id()
-        if message_id is None:
-            message_id = new_message_id(self.sender.ascii_domain)
-            ready.add("Message-ID", f"<{message_id}>")
-        self.message_id = message_id
-        date = ready.first("date")
-        if date is None:
-            date = date_value(None)
-            ready.add("Date", date)
-        self.date = date
-
-    def _sender(self) -> Address:
-        for name in ("from", "sender"):
-            value = self.ready.first(name, unique=True)
-            addresses = parse_header_addresses(value, name) if value is not None else []
-            if len(addresses) == 1:
-                return addresses[0]
-        raise MessageError("the message has no single From (or Sender) address")
-
-    def subject(self) -> str:
-        value = self.ready.first("subject")
-        if value is None:
-            return ""
-        text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return str(HEADER_FACTORY("Subject", text))
-
-    def segments(self, *, allow_8bit: bool, smtputf8: bool) -> tuple[mime.Segment, ...]:
-        return self.ready.segments()
-
-
-# --------------------------------------------------------------------------- sources
 
 
 class MemoryBody(mime.Segment):
