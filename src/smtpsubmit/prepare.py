@@ -108,13 +108,13 @@ def prepare_submission(
         source = ready.from_bytes(bytes(message), strict=False)
     else:
         source = ready.from_stream(message)
-    segments = source.segments()
+    size, eight_bit = source.measure()
     envelope = Envelope(
         wire_sender,
         wire_rcpts,
-        size=sum(segment.size for segment in segments),
+        size=size,
         smtputf8=utf8,
-        eight_bit=any(segment.eight_bit for segment in segments),
+        eight_bit=eight_bit,
         dsn=dsn,
         require_tls=require_tls,
         message_id=source.message_id(),

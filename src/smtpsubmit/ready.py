@@ -441,6 +441,13 @@ class ReadyMessage:
                 self._segments = (mime.Static(self.header()), self.body)
         return self._segments
 
+    def measure(self) -> tuple[int, bool]:
+        """(exact size in octets, whether any octet is above 127) of what is sent."""
+        segments = self.segments()
+        if len(segments) == 1:
+            return segments[0].size, segments[0].eight_bit
+        return sum(s.size for s in segments), any(s.eight_bit for s in segments)
+
     def chunks(self) -> Iterator[bytes]:
         """The message as sent, piece by piece."""
         segments = self.segments()
