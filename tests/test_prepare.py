@@ -32,14 +32,14 @@ def drain(source: object) -> bytes:
 @pytest.mark.parametrize("make", [lambda: RAW, lambda: io.BytesIO(RAW)])
 def test_ready_bytes_or_file_lose_bcc_and_the_size_is_exact(make: object) -> None:
     assert callable(make)
-    envelope, source, rewindable = prepare_submission(
+    envelope, source = prepare_submission(
         make(), FakeSession(), sender="s@example.org", recipients=["r@example.org"]
     )
     data = drain(source)
     assert b"Bcc" not in data and b"hidden" not in data
     assert data.endswith(b"\r\n\r\nbody\r\n")
     assert envelope.size == len(data)
-    assert rewindable and drain(source) == data  # re-readable for a follow-up transaction
+    assert drain(source) == data  # re-readable for a follow-up transaction
     assert envelope.message_id == "raw-1@example.org"
     assert (envelope.sender, envelope.recipients) == ("s@example.org", ["r@example.org"])
 
@@ -47,14 +47,14 @@ def test_ready_bytes_or_file_lose_bcc_and_the_size_is_exact(make: object) -> Non
 def test_nothing_is_refused_here_the_session_decides() -> None:
     """SMTPUTF8 and 8-bit needs are reported in the envelope, not raised."""
     message = Message(sender="a@example.org", to="jörg@example.org", text="hi")
-    envelope, _, _ = prepare_submission(message, FakeSession())
+    envelope, _ = prepare_submission(message, FakeSession())
     assert envelope.smtputf8
     raw = "From: a@example.org\r\n\r\nGrüße\r\n".encode()
-    envelope, _, _ = prepare_submission(
+    envelope, _ = prepare_submission(
         raw, FakeSession(), sender="a@example.org", recipients=["b@example.org"]
     )
     assert envelope.eight_bit and not envelope.smtputf8
-    envelope, _, _ = prepare_submission(
+    envelope, _ = prepare_submission(
         b"x\r\n", FakeSession(), sender="a@example.org", recipients=["ü@example.org"]
     )
     assert envelope.smtputf8
@@ -62,16 +62,16 @@ def test_nothing_is_refused_here_the_session_decides() -> None:
 
 def test_composed_message_renders_for_the_offered_extensions() -> None:
     message = Message(sender="a@example.org", to="b@example.org", text="Grüße", encoding="8bit")
-    plain, source, _ = prepare_submission(message, FakeSession())
+    plain, source = prepare_submission(message, FakeSession())
     assert not plain.eight_bit and drain(source).isascii()
-    eight, source, _ = prepare_submission(message, FakeSession({"8BITMIME"}))
+    eight, source = prepare_submission(message, FakeSession({"8BITMIME"}))
     assert eight.eight_bit and "Grüße".encode() in drain(source)
     assert eight.size == len(drain(source))
 
 
 def test_explicit_envelope_overrides_a_message() -> None:
     message = Message(sender="a@example.org", to="b@example.org", bcc="c@example.org", text="x")
-    envelope, _, _ = prepare_submission(
+    envelope, _ = prepare_submission(
         message, FakeSession(), sender="bounce@example.org", recipients="only@example.org"
     )
     assert envelope.sender == "bounce@example.org"

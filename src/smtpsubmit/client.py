@@ -85,7 +85,7 @@ class _Base:
     ) -> Flow[SubmitResult]:
         """The session flow that sends one message (both drivers run it)."""
         session = self._require_session()
-        envelope, source, _ = prepare_submission(
+        envelope, source = prepare_submission(
             message,
             session,
             sender=sender,

@@ -91,8 +91,8 @@ def prepare_submission(
     recipients: Iterable[str] | None = None,
     dsn: DSN | None = None,
     require_tls: bool = False,
-) -> tuple[Envelope, Source, bool]:
-    """The envelope, a byte source and whether it can be read again, for this session."""
+) -> tuple[Envelope, Source]:
+    """The envelope and a byte source (re-readable, for a follow-up) for this session."""
     allow_8bit = "8BITMIME" in session.capabilities
     if isinstance(message, Message):
         return _prepare_composed(
@@ -119,7 +119,7 @@ def prepare_submission(
         require_tls=require_tls,
         message_id=source.message_id(),
     )
-    return envelope, source.chunks, True
+    return envelope, source.chunks
 
 
 def _prepare_composed(
@@ -130,7 +130,7 @@ def _prepare_composed(
     recipients: Iterable[str] | None,
     dsn: DSN | None,
     require_tls: bool,
-) -> tuple[Envelope, Source, bool]:
+) -> tuple[Envelope, Source]:
     smtputf8 = message.needs_smtputf8()
     prepared = message.render(allow_8bit=allow_8bit, smtputf8=smtputf8)
     wire_sender = prepared.sender
@@ -154,4 +154,4 @@ def _prepare_composed(
         require_tls=require_tls,
         message_id=prepared.message_id,
     )
-    return envelope, prepared.iter_bytes, True
+    return envelope, prepared.iter_bytes

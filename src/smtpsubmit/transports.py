@@ -91,7 +91,7 @@ class _Session:
 
 def render(message: MessageInput, **envelope: Any) -> SentMessage:
     """The bytes and envelope a submission of ``message`` would send (no network)."""
-    prepared, source, _ = prepare_submission(
+    prepared, source = prepare_submission(
         message,
         _Session(),
         sender=envelope.get("sender"),
