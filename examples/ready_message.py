@@ -2,9 +2,10 @@
 
 Two ways, as sendmail has them:
 
-* with ``MAIL_TO`` set, the file is sent as it is to exactly those recipients, with
-  ``MAIL_FROM`` as the envelope sender (``submit_message(file, server, sender=...,
-  recipients=...)``) — the headers are not read for addresses;
+* with ``MAIL_TO`` set, the file is sent as it is (minus any Bcc field, which is never
+  sent) to exactly those recipients, with ``MAIL_FROM`` as the envelope sender
+  (``submit_message(file, server, sender=..., recipients=...)``) — the headers are not
+  read for addresses;
 * without it, the recipients come from the To, Cc and Bcc fields and the sender from From,
   and the Bcc field is removed before sending (``Message.from_file``, like ``sendmail -t``).
 
@@ -29,7 +30,7 @@ def main() -> None:
     server = Server.from_url(os.environ.get("SMTP_URL", "smtp://localhost"))
     recipients = os.environ.get("MAIL_TO")
     if recipients:
-        # Sent byte for byte; the envelope is entirely ours.
+        # Sent byte for byte (bar Bcc); the envelope is entirely ours.
         with open(path, "rb") as file:
             result = submit_message(
                 file,

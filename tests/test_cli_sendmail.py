@@ -14,6 +14,8 @@ import pytest
 
 from smtpsubmit.cli import sendmail
 from smtpsubmit.cli.errors import UsageError
+from smtpsubmit.errors import MessageError
+from smtpsubmit.message import Message
 from tests.servers.fakesmtp import Responder
 from tests.test_cli_send import TIMEOUT, cli_env, home, parse, run_cli
 
@@ -170,3 +172,41 @@ def test_prepare_uses_resent_fields_and_keeps_body_bytes() -> None:
     assert sender == "a@example.org"
     assert b"quiet" not in data
     assert data.endswith(b"\r\n\r\n.leading dot\r\n")
+
+
+def test_F_with_a_line_break_is_refused_not_injected(aiosmtpd_server: Any, home: Path) -> None:
+    write_account(home, plain_account(aiosmtpd_server.port))
+    for name in ("Name\nBcc: x@example.org", "Name\rX: y", "Name\u2028X: y", "a\x1bb"):
+        result = run_cli(["sendmail", "-F", name, "rcpt@example.org"], home, input=b"\nbody\n")
+        assert result.returncode == 64, result.stderr
+        assert "-F" in result.stderr
+    assert aiosmtpd_server.handler.messages == []
+
+
+def test_account_from_with_control_characters_is_a_config_error(
+    aiosmtpd_server: Any, home: Path
+) -> None:
+    write_account(home, plain_account(aiosmtpd_server.port, "Cron\\nBcc: x@example.org <c@e.org>"))
+    result = run_cli(["sendmail", "rcpt@example.org"], home, input=b"Subject: s\n\nbody\n")
+    assert result.returncode == 78, result.stderr
+    assert "from" in result.stderr
+    assert aiosmtpd_server.handler.messages == []
+
+
+def test_t_refuses_an_ambiguous_address_cve_2023_27043(aiosmtpd_server: Any, home: Path) -> None:
+    """The lenient stdlib parser makes this two recipients on affected Pythons."""
+    write_account(home, plain_account(aiosmtpd_server.port))
+    message = b"From: a@example.org\nTo: alice@example.org <bob@evil.example>\n\nhi\n"
+    result = run_cli(["sendmail", "-t"], home, input=message)
+    assert result.returncode == 65, result.stderr
+    assert "alice@example.org <bob@evil.example>" in result.stderr
+    assert aiosmtpd_server.handler.messages == []
+
+
+def test_prepare_uses_the_strict_parser_of_the_library() -> None:
+    opts = sendmail.SendmailOptions(read_recipients=True)
+    raw = b"From: a@example.org\r\nCc: Alice <alice@example.org> bob@evil.example\r\n\r\nx\r\n"
+    with pytest.raises(MessageError, match="unambiguous"):
+        sendmail.prepare(raw, opts, None)
+    with pytest.raises(MessageError, match="unambiguous"):
+        Message.from_bytes(raw)  # the same parser, the same answer

@@ -53,3 +53,39 @@ def test_ready_message_with_data_instead_of_bdat(driver: Any, postfix: Any) -> N
     )
     driver.submit(TRICKY, server, sender="a@example.org", recipients=["someone@capture.test"])
     assert postfix.wait_for_capture("someone@capture.test") == TRICKY
+
+
+WITH_BCC = (
+    b"From: a@example.org\r\nTo: b@example.org\r\n"
+    b"Bcc: hidden@example.org,\r\n second-hidden@example.org\r\n"
+    b"Resent-Bcc: also-hidden@example.org\r\nSubject: s\r\n\r\nbody\n"
+)
+WITHOUT_BCC = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["bytes", "file"])
+def test_ready_message_never_carries_bcc(
+    driver: Any, aiosmtpd_server: Any, tmp_path: Any, as_file: bool
+) -> None:
+    """RFC 5322 §3.6.3: Bcc and Resent-Bcc are removed, and SIZE= counts what is sent."""
+    server = Server(aiosmtpd_server.host, port=aiosmtpd_server.port, options=Option.EXTENDED)
+    path = tmp_path / "m.eml"
+    path.write_bytes(WITH_BCC)
+    with open(path, "rb") as file:
+        message = file if as_file else WITH_BCC
+        recipients = ["b@example.org", "hidden@example.org"]
+        result = driver.submit(message, server, sender="a@example.org", recipients=recipients)
+    (received,) = aiosmtpd_server.wait_for(1)
+    assert received.original_content == WITHOUT_BCC
+    assert received.rcpt_tos == ["b@example.org", "hidden@example.org"]
+    assert f"SIZE={len(WITHOUT_BCC)}" in received.mail_options
+    assert result.size == len(WITHOUT_BCC)
+
+
+@pytest.mark.postfix
+def test_ready_message_without_bcc_over_bdat_at_postfix(driver: Any, postfix: Any) -> None:
+    """BDAT announces the octets before sending them: the count must be of the stripped bytes."""
+    postfix.clear()
+    server = Server(postfix.host, port=postfix.plain, options=Option.EXTENDED)
+    driver.submit(WITH_BCC, server, sender="a@example.org", recipients=["someone@capture.test"])
+    assert postfix.wait_for_capture("someone@capture.test") == WITHOUT_BCC

@@ -298,4 +298,5 @@ def test_ready_message_explicit_envelope(aiosmtpd_server: Any, tmp_path: Path) -
     (received,) = aiosmtpd_server.wait_for(1)
     assert received.mail_from == "bounce@example.org"
     assert received.rcpt_tos == [RCPT]
-    assert received.original_content == READY  # byte for byte, Bcc and all
+    # byte for byte, except that the Bcc field is never sent (RFC 5322 §3.6.3)
+    assert received.original_content == READY.replace(b"Bcc: hidden@example.org\r\n", b"")

@@ -313,6 +313,18 @@ def test_extra_headers_three_forms() -> None:
         assert parsed["X-Two"] == "two words"
 
 
+@pytest.mark.parametrize(
+    "separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\r"]
+)
+def test_header_string_splits_on_crlf_and_lf_only(separator: str) -> None:
+    """str.splitlines() also breaks at these, which let one value smuggle in a second field."""
+    smuggled = f"X-Ticket: 42{separator}Reply-To: attacker@evil.example"
+    with pytest.raises(MessageError, match="X-Ticket"):
+        make(headers=smuggled, text="x")
+    raw = make(headers="X-A: 1\r\nX-B: 2\nX-C: 3\r\n", text="x").as_bytes()
+    assert b"X-A: 1\r\nX-B: 2\r\nX-C: 3\r\n" in raw
+
+
 def test_extra_header_non_ascii_is_encoded_and_address_fields_parsed() -> None:
     message = make(headers={"X-Note": "café crème", "Reply-To": "Zoë <zoe@exämple.org>"}, text="x")
     raw = message.as_bytes()

@@ -28,12 +28,12 @@ from smtpsubmit.errors import (
     SmtpError,
     SmtpTimeout,
 )
+from smtpsubmit.prepare import MessageInput, prepare_submission
 from smtpsubmit.protocol import Capabilities
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
 from smtpsubmit.session import Flow, Receive, Send, Session, StartTls
-from smtpsubmit.submit import MessageInput, prepare_submission
 from smtpsubmit.transport import AsyncStream, SyncStream, local_hostname_for
 
 __all__ = ["AsyncClient", "Client"]
@@ -111,7 +111,7 @@ class _Base:
     ) -> Flow[SubmitResult]:
         """The session flow that sends one message (both drivers run it)."""
         session = self._require_session()
-        envelope, source, _ = prepare_submission(
+        envelope, source = prepare_submission(
             message,
             session,
             sender=sender,

@@ -26,9 +26,9 @@ from django.conf import settings
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.message import EmailMessage
 
+from smtpsubmit.addresses import parse_address as parse_mailbox
 from smtpsubmit.client import Client
 from smtpsubmit.errors import MessageError, SmtpError
-from smtpsubmit.message import _parse_address as parse_mailbox
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Option, Server
 

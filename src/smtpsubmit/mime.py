@@ -27,9 +27,8 @@ import binascii
 import re
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from smtpsubmit.errors import MessageError
 
@@ -43,7 +42,6 @@ B64_GROUP = 57  # input bytes that make exactly one 76-character base64 line
 READ_BLOCK = B64_GROUP * 1150  # ~64 KiB per read: whole base64 lines only
 MAX_ENCODED_WORD = 75  # RFC 2047 §2
 
-_NEWLINES = re.compile(rb"\r\n|\r|\n")
 _TEXT_NEWLINES = re.compile(r"\r\n|\r|\n")
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 _ATEXT = frozenset(
@@ -52,6 +50,9 @@ _ATEXT = frozenset(
 # RFC 2231 attribute-char, minus nothing: what may stay unescaped in ext-value.
 _ATTR_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~")
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 
 # --------------------------------------------------------------------------- segments
@@ -174,85 +175,6 @@ class Base64File(Segment):
             raise MessageError(f"attachment {self.path!r} changed size while being sent")
 
 
-def normalize_newlines(blocks: Iterable[bytes]) -> Iterator[bytes]:
-    """Turn every bare CR or LF into CRLF, across block boundaries.
-
-    A trailing CR is held back until the next block shows whether an LF
-    follows, so no yielded piece ends in a lone CR.
-    """
-    held_cr = False
-    for raw in blocks:
-        block = raw
-        if not block:
-            continue
-        prefix = b""
-        if held_cr:
-            prefix = CRLF
-            if block.startswith(b"\n"):
-                block = block[1:]
-        held_cr = block.endswith(b"\r")
-        if held_cr:
-            block = block[:-1]
-        out = prefix + _NEWLINES.sub(CRLF, block)
-        if out:
-            yield out
-    if held_cr:
-        yield CRLF
-
-
-def read_blocks(stream: BinaryIO, size: int = READ_BLOCK) -> Iterator[bytes]:
-    """Yield a binary stream's content in blocks of at most *size* bytes."""
-    while block := stream.read(size):
-        yield block
-
-
-@dataclass(frozen=True)
-class RawBody(Segment):
-    """The body of a ready-made message, streamed from its source.
-
-    The source is read again on every render, newlines normalised, the
-    first ``skip`` (normalised) octets — the original header block — dropped.
-    ``length`` and ``has_8bit`` come from the one scan made when the message
-    was loaded; ``final_crlf`` adds the line end a body may lack.
-    """
-
-    opener: Callable[[], BinaryIO]
-    skip: int
-    length: int
-    has_8bit: bool
-    final_crlf: bool
-
-    @property
-    def size(self) -> int:
-        return self.length + (2 if self.final_crlf else 0)
-
-    @property
-    def eight_bit(self) -> bool:
-        return self.has_8bit
-
-    def chunks(self) -> Iterator[bytes]:
-        produced = 0
-        to_skip = self.skip
-        try:
-            with self.opener() as stream:
-                for piece in normalize_newlines(read_blocks(stream)):
-                    if to_skip >= len(piece):
-                        to_skip -= len(piece)
-                        continue
-                    out = piece[to_skip:]
-                    to_skip = 0
-                    produced += len(out)
-                    if produced > self.length:
-                        break
-                    yield out
-        except OSError as exc:
-            raise MessageError(f"cannot read the message: {exc}") from exc
-        if produced != self.length:
-            raise MessageError("the message source changed while being sent")
-        if self.final_crlf:
-            yield CRLF
-
-
 def rechunk(pieces: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
     """Regroup *pieces* into chunks of exactly *chunk_size* (the last may be shorter)."""
     if chunk_size < 1:
@@ -355,6 +277,16 @@ def is_safe_text(text: str, *, allow_tab: bool = False) -> bool:
     )
 
 
+def check_name(text: str, what: str) -> None:
+    """A display name or file name: no control, separator or bidi characters.
+
+    Bidi overrides make a name read differently from what it is (``gpj.exe``
+    shown as ``exe.jpg``), so they are refused wherever a name is shown.
+    """
+    if not is_safe_text(text) or any(ch in _BIDI_CONTROLS for ch in text):
+        raise MessageError(f"{what} {text!r} has control or bidi characters")
+
+
 def fold(name: str, tokens: Sequence[str]) -> bytes:
     """Render a header field, folding between tokens to stay within 78 octets.
 
@@ -396,11 +328,12 @@ def _b_payload(raw: bytes) -> str:
     return binascii.b2a_base64(raw, newline=False).decode("ascii")
 
 
-def _encode(text: str, codec: str) -> bytes:
+def encode_text(text: str, codec: str, what: str = "text") -> bytes:
+    """*text* in *codec*; text the charset cannot hold is the caller's error."""
     try:
         return text.encode(codec)
     except UnicodeError as exc:
-        raise MessageError(f"text cannot be encoded in charset {codec!r}: {exc}") from exc
+        raise MessageError(f"{what}: cannot be encoded in charset {codec!r}") from exc
 
 
 def _words(text: str, codec: str, label: str, kind: str, first: int) -> list[str]:
@@ -416,7 +349,7 @@ def _words(text: str, codec: str, label: str, kind: str, first: int) -> list[str
     while start < len(text):
 
         def encoded(end: int, begin: int = start) -> str:
-            return payload(_encode(text[begin:end], codec))
+            return payload(encode_text(text[begin:end], codec))
 
         low, high = start + 1, min(len(text), start + MAX_ENCODED_WORD)
         if len(encoded(low)) + overhead > budget and budget < MAX_ENCODED_WORD:

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from smtpsubmit.errors import MessageError, SmtpError
+from smtpsubmit.prepare import MessageInput, prepare_submission
 from smtpsubmit.protocol import Capabilities, LineEndingNormalizer
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import SubmitResult
-from smtpsubmit.submit import MessageInput, prepare_submission
 
 __all__ = [
     "AsyncFileTransport",
@@ -91,9 +91,9 @@ class _Session:
 
 def render(message: MessageInput, **envelope: Any) -> SentMessage:
     """The bytes and envelope a submission of ``message`` would send (no network)."""
-    prepared, source, _ = prepare_submission(
+    prepared, source = prepare_submission(
         message,
-        _Session(),  # type: ignore[arg-type]
+        _Session(),
         sender=envelope.get("sender"),
         recipients=envelope.get("recipients"),
         dsn=envelope.get("dsn"),

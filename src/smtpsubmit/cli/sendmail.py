@@ -3,7 +3,8 @@
 The message bytes are sent as they came, except that line ends become CRLF,
 ``Bcc`` and ``Resent-Bcc`` fields are removed, a leading mbox ``From `` line is
 dropped, and a missing ``From``, ``Date`` or ``Message-ID`` is added - what
-sendmail itself does.
+sendmail itself does. The message is read by the library's one reader of ready
+messages (:mod:`smtpsubmit.ready`), addresses by its one strict parser.
 
 Short options are parsed the way sendmail's getopt does (``-fADDR`` and ``-f
 ADDR``, ``-oi``, ``-odi``, ``-ti``); long options (``--account``,
@@ -15,13 +16,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import re
 import socket
 import sys
 from dataclasses import dataclass, field
-from email.utils import formataddr, formatdate, getaddresses, make_msgid, parseaddr
+from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
 
+from smtpsubmit import ready
+from smtpsubmit.addresses import Address, parse_address
 from smtpsubmit.cli.errors import ConfigError, UsageError
 from smtpsubmit.cli.options import (
     add_common_options,
@@ -32,6 +34,7 @@ from smtpsubmit.cli.options import (
 from smtpsubmit.cli.output import ProgressBar, print_transcript_to
 from smtpsubmit.envelope import DSN
 from smtpsubmit.errors import MessageError
+from smtpsubmit.mime import check_name
 
 DESCRIPTION = """\
 Read a ready RFC 5322 message on standard input and submit it, like
@@ -41,7 +44,8 @@ credentials come from the account file (--account NAME, else its default
 account) or from the same connection flags as `smtpsubmit send`.
 
 Recipients are the RCPT arguments; with -t also every To, Cc and Bcc address
-of the message (Resent-To/-Cc/-Bcc instead, when the message has any). Bcc
+of the message (Resent-To/-Cc/-Bcc instead, when the message has any),
+parsed strictly: an ambiguous address list is refused, never guessed. Bcc
 and Resent-Bcc fields are removed before sending. A missing From, Date or
 Message-ID is added.
 
@@ -52,7 +56,8 @@ sendmail options:
   -t              take recipients from the To, Cc and Bcc fields too
   -i, -oi         a line with a single '.' does not end the message
   -f ADDR         envelope sender (also -fADDR; -r ADDR is the same)
-  -F NAME         display name for the From field when one is added
+  -F NAME         display name for the From field when one is added (no
+                  control characters)
   -N NOTIFY       ask for DSNs (never, or success,failure,delay), if offered
   -R full|hdrs    DSN: return the full message or its headers
   -V ENVID        DSN envelope id
@@ -89,9 +94,6 @@ exit status (sysexits):
 _ARG_LETTERS = set("fFrNRVBOhLXC")  # take an argument, attached or as the next word
 _ATTACHED_LETTERS = set("bqdAe")  # take an optional argument, attached only
 _FLAG_LETTERS = set("tivnmsxUG")
-_HEADER = re.compile(rb"^[!-9;-~]+[ \t]*:")
-_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
-_CRLF = b"\r\n"
 
 
 @dataclass
@@ -191,6 +193,10 @@ def _set_value(opts: SendmailOptions, letter: str, value: str) -> None:
     if letter in "fr":
         opts.sender = "" if value.strip() in ("", "<>") else value.strip()
     elif letter == "F":
+        try:
+            check_name(value, "-F: the name")
+        except MessageError as exc:
+            raise UsageError(str(exc)) from None
         opts.full_name = value
     elif letter == "N":
         opts.notify = value
@@ -249,7 +255,7 @@ def _dsn(opts: SendmailOptions) -> DSN | None:
 
 def read_message(data: bytes, *, ignore_dots: bool) -> bytes:
     """CRLF line ends; without -i a line holding only '.' ends the message."""
-    data = _LINE_BREAK.sub(_CRLF, data)
+    data = b"".join(ready.normalize_newlines([data]))
     if not ignore_dots:
         if data.startswith(b".\r\n") or data == b".":
             return b""
@@ -258,79 +264,59 @@ def read_message(data: bytes, *, ignore_dots: bool) -> bytes:
             data = data[: end + 2]
         elif data.endswith(b"\r\n."):
             data = data[:-1]
-    if data.startswith(b"From ") and not _HEADER.match(data.split(_CRLF, 1)[0]):
-        data = data.split(_CRLF, 1)[1] if _CRLF in data else b""  # mbox separator line
     return data
 
 
-def split_header(data: bytes) -> tuple[list[bytes], bytes]:
-    """(header fields, each with its continuation lines and CRLF; the body)."""
-    fields: list[bytes] = []
-    pos = 0
-    while pos < len(data):
-        end = data.find(_CRLF, pos)
-        end = len(data) if end < 0 else end
-        line, following = data[pos:end], min(end + 2, len(data))
-        if line == b"":
-            return fields, data[following:]
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line + _CRLF
-        elif _HEADER.match(line):
-            fields.append(line + _CRLF)
-        else:  # not a header field: the body starts here (no empty line was given)
-            return fields, data[pos:]
-        pos = following
-    return fields, b""
-
-
-def _name(field: bytes) -> str:
-    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
-
-
-def _value(field: bytes) -> str:
-    return _LINE_BREAK.sub(b"", field.split(b":", 1)[1]).decode("utf-8", "replace").strip()
-
-
-def _addresses(fields: list[bytes], names: tuple[str, ...]) -> list[str]:
-    values = [_value(f) for f in fields if _name(f) in names]
-    return [addr for _, addr in getaddresses(values) if addr]
+def _account_sender(account_from: str | None) -> Address | None:
+    """The account's ``from``, parsed by the library's strict address parser."""
+    if account_from is None:
+        return None
+    try:
+        return parse_address(account_from, "the account's 'from'")
+    except MessageError as exc:
+        raise ConfigError(str(exc), hint="set `from` to one address, e.g. Name <a@b>") from None
 
 
 def prepare(
     raw: bytes, opts: SendmailOptions, account_from: str | None
 ) -> tuple[bytes, str, list[str]]:
-    """The bytes to send, the envelope sender and the recipients."""
-    fields, body = split_header(raw)
+    """The bytes to send, the envelope sender and the recipients.
+
+    The message is read by the library's ready-message reader: with ``-t``
+    its addresses are parsed strictly (an ambiguous list is refused, never
+    guessed), and Bcc/Resent-Bcc are removed from what is sent.
+    """
+    message = ready.from_bytes(raw, strict=False)
     recipients = list(opts.recipients)
     if opts.read_recipients:
         names = ("resent-to", "resent-cc", "resent-bcc")
-        if not any(_name(f) in names for f in fields):
+        if not any(message.has(name) for name in names):
             names = ("to", "cc", "bcc")
-        recipients += _addresses(fields, names)
+        recipients += [address.spec(True) for address in message.addresses(*names)]
     if not recipients:
         raise MessageError("no recipient addresses found in the message's To, Cc or Bcc fields")
-    kept = [f for f in fields if _name(f) not in ("bcc", "resent-bcc")]
-    header_from = _addresses(fields, ("from",))
-    default_name, default_addr = parseaddr(account_from or "")
+    default = _account_sender(account_from)
     if opts.sender is not None:
         sender = opts.sender
-    elif default_addr:
-        sender = default_addr
-    elif header_from:
-        sender = header_from[0]
+    elif default is not None:
+        sender = default.spec(True)
+    elif header_from := message.addresses("from"):
+        sender = header_from[0].spec(True)
     else:
         sender = f"{getpass.getuser()}@{socket.getfqdn()}"
-    present = {_name(f) for f in kept}
-    added: list[str] = []
-    if "from" not in present:
-        address = opts.sender or default_addr or sender
-        name = opts.full_name if opts.full_name is not None else default_name
-        added.append("From: " + (formataddr((name, address), "utf-8") if name else address))
-        header_from = [address]
-    if "date" not in present:
-        added.append("Date: " + formatdate(localtime=True))
-    if "message-id" not in present:
-        domain = (header_from[0] if header_from else sender).rpartition("@")[2]
-        added.append("Message-ID: " + make_msgid(domain=domain or "localhost"))
-    extra = b"".join(line.encode("utf-8") + _CRLF for line in added)
-    return b"".join(kept) + extra + _CRLF + body, sender, recipients
+    domain = None
+    if not message.has("from"):
+        address = opts.sender or (default.spec(True) if default else sender)
+        name = opts.full_name
+        if name is None:
+            name = default.display_name if default else ""
+        message.add("From", formataddr((name, address), "utf-8") if name else address)
+        domain = address.rpartition("@")[2]
+    if not message.has("date"):
+        message.add("Date", formatdate(localtime=True))
+    if not message.has("message-id"):
+        if domain is None:
+            header_from = message.addresses("from")
+            domain = header_from[0].ascii_domain if header_from else sender.rpartition("@")[2]
+        message.add("Message-ID", make_msgid(domain=domain or "localhost"))
+    return b"".join(message.chunks()), sender, recipients
