@@ -1,0 +1,559 @@
+"""Many messages on one connection: mail transactions streamed behind each other.
+
+``Client.send_many`` and ``AsyncClient.send_many`` run :func:`send_many_flow`,
+a session flow like those of :mod:`smtpsubmit.session` (it yields ``Send`` /
+``Receive`` and is carried out by the same two driver loops). It owns what a
+single ``send`` never needs:
+
+* **Streaming.** With PIPELINING (RFC 2920) a message's data, its final dot
+  and the next message's ``MAIL``/``RCPT``/``DATA`` go out in one write, so a
+  message costs one round trip (the wait for 354). With CHUNKING (RFC 3030)
+  ``BDAT ... LAST`` needs no 354 at all: up to ``window`` transactions (and
+  ``window_bytes`` octets) are in flight and replies are read as they come.
+  Without PIPELINING each message is an ordinary ``send``.
+* **Matching replies in order.** Every command written gets a slot in a
+  queue; replies fill the slots strictly in order. A reply that cannot belong
+  to its slot (a 354 to anything but DATA, a 2xx to DATA, an address code on
+  the end of the data when the server uses enhanced codes) proves the server
+  answered out of order or too often: those messages, every message not yet
+  proven aligned, and the rest become :class:`ProtocolError` — never a success
+  attributed to the wrong message.
+* **The failure split.** When the connection is lost, a message whose end of
+  data was written and whose answer never came is
+  :class:`DeliveryStatusUnknown`; one whose data was not completely written,
+  or that was never started, is :class:`ServerDisconnected` (nothing of it can
+  have been delivered, so it is safe to retry).
+* **Keeping the server in step.** A failed envelope in the middle of a stream
+  leaves the server with a half-open transaction (RFC 3030 §2: a BDAT after a
+  refused MAIL is refused and its bytes discarded), so an ``RSET`` is
+  pipelined in front of the next ``MAIL`` whenever an earlier transaction may
+  not have ended cleanly — and in a CHUNKING stream whenever one is still in
+  flight, because its outcome is not known when the next one is written.
+
+Recipients deferred with 452 ("too many recipients") inside a stream are
+reported in that message's ``refused`` with the 452 (temporary): a stream does
+not keep bodies to send them again. Memory stays bounded: what is kept per
+message in flight is its envelope and its replies, never its body.
+
+Like the session, this module does no I/O and reads no clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from smtpsubmit.envelope import Envelope
+from smtpsubmit.errors import (
+    DataRefused,
+    DeliveryStatusUnknown,
+    MessageError,
+    ProtocolError,
+    ServerDisconnected,
+    SmtpError,
+)
+from smtpsubmit.protocol import Command, DataEncoder, LineEndingNormalizer, State
+from smtpsubmit.reply import Reply
+from smtpsubmit.result import SubmitResult
+from smtpsubmit.session import (
+    BDAT_CHUNK,
+    WRITE_BATCH,
+    Flow,
+    Receive,
+    Send,
+    Session,
+    _sort_recipients,
+)
+from smtpsubmit.submit import Source, prepare_submission
+
+__all__ = ["WINDOW", "WINDOW_BYTES", "Outcome", "send_many_flow"]
+
+transcript = logging.getLogger("smtpsubmit.transcript")
+
+WINDOW = 100  # CHUNKING: transactions in flight at most
+WINDOW_BYTES = 4 * 1024 * 1024  # CHUNKING: message octets in flight at most
+
+Outcome = SubmitResult | SmtpError | MessageError
+
+# How far the end of a message's data got: decides DeliveryStatusUnknown or not.
+NOT_WRITTEN, MAYBE_WRITTEN, WRITTEN = 0, 1, 2
+_STAGE = {"rset": "mail", "mail": "mail", "rcpt": "rcpt"}
+
+
+@dataclass(slots=True, eq=False)
+class _Txn:
+    """One message of the stream: its envelope and the replies gathered so far."""
+
+    index: int
+    envelope: Envelope
+    source: Source
+    mail: Reply | None = None
+    rcpts: list[Reply] = field(default_factory=list)
+    data: Reply | None = None  # the reply to DATA (DATA streams only)
+    chunk_error: Reply | None = None  # the first refused BDAT chunk
+    final: Reply | None = None
+    end: int = NOT_WRITTEN
+    size: int = 0
+    pending: int = 0  # slots registered and not yet answered
+    complete: bool = False  # no more slots will be registered
+
+
+@dataclass(slots=True)
+class _Slot:
+    txn: _Txn
+    kind: str  # rset, mail, rcpt, data, chunk, end, void (a dot after a wrong 354)
+
+
+def send_many_flow(
+    session: Session,
+    items: Iterable[Any],
+    *,
+    window: int = WINDOW,
+    window_bytes: int = WINDOW_BYTES,
+) -> Flow[list[Outcome]]:
+    """The flow behind ``send_many``: one outcome per item, in input order."""
+    if window < 1 or window_bytes < 1:
+        raise ValueError("window and window_bytes must be at least 1")
+    return _Stream(session, window, window_bytes).run(iter(items))
+
+
+class _Stream:
+    def __init__(self, session: Session, window: int, window_bytes: int) -> None:
+        self.session = session
+        self.core = session.core
+        caps = session.capabilities
+        self.chunking = "CHUNKING" in caps
+        self.pipelining = "PIPELINING" in caps
+        self.enhanced = "ENHANCEDSTATUSCODES" in caps
+        self.window, self.window_bytes = window, window_bytes
+        self.results: list[Outcome | None] = []
+        self.slots: deque[_Slot] = deque()
+        self.inflight: deque[_Txn] = deque()
+        self.inflight_bytes = 0
+        self.unconfirmed: list[int] = []  # settled since the last proof of alignment
+        self.dirty = False  # the server may hold a transaction: RSET before the next MAIL
+        self.closing: _Txn | None = None  # whose command the server answered with 421
+        self.current: _Txn | None = None  # the message being written
+
+    # -- the flow --------------------------------------------------------------------
+
+    def run(self, items: Iterator[Any]) -> Flow[list[Outcome]]:
+        session = self.session
+        try:
+            yield from session._idle_check("mail")
+            if session.needs_reset or self.core.state is not State.READY:
+                yield from session._rset()
+            if not self.pipelining:
+                yield from self._one_by_one(items)
+            else:
+                session.needs_reset = True  # until the stream ends in step
+                if self.chunking:
+                    yield from self._bdat_stream(items)
+                else:
+                    yield from self._data_stream(items)
+                yield from self._finish()
+                session.needs_reset = self.dirty
+        except ProtocolError as exc:
+            session.broken = True
+            self._desync(exc, items)
+        except SmtpError as exc:
+            session.broken = True
+            self._lost(exc, items)
+        return [r if r is not None else _never_started(None) for r in self.results]
+
+    def _one_by_one(self, items: Iterator[Any]) -> Flow[None]:
+        """No PIPELINING: each message is an ordinary send, errors kept as values."""
+        for item in items:
+            index = self._new_index()
+            try:
+                message, sender, recipients = _unpack(item)
+                envelope, source, rewindable = prepare_submission(
+                    message, self.session, sender=sender, recipients=recipients
+                )
+            except (MessageError, SmtpError) as exc:
+                self.results[index] = exc
+                continue
+            try:
+                self.results[index] = yield from self.session.send_message(
+                    envelope, source, rewindable=rewindable
+                )
+            except SmtpError as exc:
+                self.results[index] = exc
+                if self.session.broken:
+                    raise  # the rest cannot go on this connection
+
+    def _data_stream(self, items: Iterator[Any]) -> Flow[None]:
+        """PIPELINING without CHUNKING: one write and one round trip per message."""
+        carry, carry_txn = b"", None  # the previous message's end, written with the next envelope
+        for item in items:
+            txn = self._start(item)
+            if txn is None:
+                continue
+            head = self._envelope(txn, data_command=True)
+            yield from self._write(carry + head, carry_txn, at_tail=not head)
+            carry, carry_txn = b"", None
+            while txn.data is None:
+                yield from self._receive(block=True)
+            if txn.data.code == 354 and self._envelope_ok(txn):
+                pieces = self._data_pieces(txn)
+                piece = next(pieces)
+                for following in pieces:
+                    yield from self._write(piece, None)
+                    piece = following
+                self.core.send_data_end()
+                self._slot(txn, "end")
+                carry, carry_txn = piece, txn
+            elif txn.data.code == 354:
+                # A 354 with nobody to deliver to gets an empty message that the server
+                # must refuse; the body is never sent.
+                self.core.send_data_end()
+                self._slot(txn, "void")
+                carry = b".\r\n"
+            txn.complete = True
+            self._settle_if_done(txn)
+        if carry:
+            yield from self._write(carry, carry_txn, at_tail=True)
+
+    def _bdat_stream(self, items: Iterator[Any]) -> Flow[None]:
+        """CHUNKING: whole transactions in one write each, up to the window in flight."""
+        for item in items:
+            txn = self._start(item)
+            if txn is None:
+                continue
+            while self.inflight and (
+                len(self.inflight) >= self.window
+                or self.inflight_bytes + txn.envelope.size > self.window_bytes
+            ):
+                yield from self._receive(block=True)
+            yield from self._receive(block=False)
+            pending = self._envelope(txn, data_command=False)
+            self.inflight.append(txn)
+            self.inflight_bytes += txn.envelope.size
+            for piece, last in self._bdat_pieces(txn):
+                argument = f"{len(piece)} LAST" if last else str(len(piece))
+                header = self.core.send(Command("BDAT", argument, "data"))
+                transcript.debug("C: <message data: %d octets>", len(piece))
+                self._slot(txn, "end" if last else "chunk")
+                txn.complete = last
+                yield from self._write(pending + header + piece, txn if last else None)
+                pending = b""
+                if last:
+                    break
+                yield from self._receive(block=False)
+                if txn.chunk_error is not None or not self._envelope_ok(txn, partial=True):
+                    txn.complete = True  # RFC 3030: no more chunks after a refused one
+                    self.dirty = True
+                    self._settle_if_done(txn)
+                    break
+
+    def _finish(self) -> Flow[None]:
+        """Every reply in; then nothing more may have come (a reply too many)."""
+        while self.slots:
+            yield from self._receive(block=True)
+        extra = self.core.has_buffered
+        if not extra:
+            data = yield Receive("mail", poll=True)
+            extra = bool(data)
+            if data:
+                self.core.receive_data(data)
+        if extra:
+            raise ProtocolError(
+                "the server sent more replies than commands were sent", stage="data"
+            )
+
+    # -- transactions ----------------------------------------------------------------
+
+    def _new_index(self) -> int:
+        self.results.append(None)
+        return len(self.results) - 1
+
+    def _start(self, item: Any) -> _Txn | None:
+        """Prepare one message; a bad one becomes its own outcome, nothing of it sent."""
+        index = self._new_index()
+        try:
+            message, sender, recipients = _unpack(item)
+            envelope, source, _ = prepare_submission(
+                message, self.session, sender=sender, recipients=recipients
+            )
+            self.session.check_envelope(envelope)
+        except (MessageError, SmtpError) as exc:
+            self.results[index] = exc
+            return None
+        self.current = _Txn(index, envelope, source)
+        return self.current
+
+    def _envelope(self, txn: _Txn, *, data_command: bool) -> bytes:
+        """[RSET] MAIL RCPT... [DATA] for one message, registered in order."""
+        commands: list[tuple[Command, str]] = []
+        if self.dirty or (self.chunking and self.inflight):
+            commands.append((Command("RSET", "", "mail"), "rset"))
+            self.dirty = False
+        session, envelope = self.session, txn.envelope
+        commands.append((session._mail_command(envelope), "mail"))
+        commands += [(session._rcpt_command(envelope, r), "rcpt") for r in envelope.recipients]
+        if data_command:
+            commands.append((Command("DATA", "", "data"), "data"))
+        out = []
+        for command, kind in commands:
+            out.append(self.core.send(command))
+            self._slot(txn, kind)
+        return b"".join(out)
+
+    def _slot(self, txn: _Txn, kind: str) -> None:
+        self.slots.append(_Slot(txn, kind))
+        txn.pending += 1
+
+    def _data_pieces(self, txn: _Txn) -> Iterator[bytes]:
+        """The DATA payload in writes of about WRITE_BATCH octets; the last ends with the dot."""
+        encoder = DataEncoder()
+        pending: list[bytes] = []
+        size = 0
+        for chunk in txn.source():
+            out = encoder.feed(chunk)
+            if out:
+                pending.append(out)
+                size += len(out)
+            if size >= WRITE_BATCH:
+                yield b"".join(pending)
+                pending, size = [], 0
+        pending.append(encoder.end())
+        txn.size = encoder.octets
+        transcript.debug("C: <message data: %d octets>", encoder.octets)
+        transcript.debug("C: .")
+        yield b"".join(pending)
+
+    def _bdat_pieces(self, txn: _Txn) -> Iterator[tuple[bytes, bool]]:
+        """BDAT chunks of at most BDAT_CHUNK octets, the last one flagged."""
+        normalizer = LineEndingNormalizer()
+        pending = bytearray()
+        for chunk in txn.source():
+            pending += normalizer.feed(chunk)
+            while len(pending) >= BDAT_CHUNK:
+                piece = bytes(pending[:BDAT_CHUNK])
+                del pending[:BDAT_CHUNK]
+                txn.size += len(piece)
+                yield piece, False
+        pending += normalizer.flush()
+        txn.size += len(pending)
+        yield bytes(pending), True
+
+    def _write(self, data: bytes, ends: _Txn | None, *, at_tail: bool = True) -> Flow[None]:
+        """Write; ``ends`` is the message whose end of data is in ``data``.
+
+        When the write fails, the system may have taken any prefix of it: an end
+        followed by other bytes may have gone out (unknown), one at the very tail
+        cannot have.
+        """
+        if ends is not None and not at_tail:
+            ends.end = MAYBE_WRITTEN
+        yield Send(data, "data")
+        if ends is not None:
+            ends.end = WRITTEN
+
+    # -- replies ---------------------------------------------------------------------
+
+    def _receive(self, *, block: bool) -> Flow[None]:
+        """Take every reply already here; if ``block``, wait until at least one came."""
+        core = self.core
+        while self.slots:
+            if self._take_buffered():
+                return
+            if block:
+                stage = _STAGE.get(self.slots[0].kind, "data")
+                data = yield Receive(stage, not core.has_buffered)
+            else:
+                data = yield Receive("data", poll=True)
+                if not data:
+                    return
+            core.receive_data(data)
+            if not block:
+                self._take_buffered()
+                return
+
+    def _take_buffered(self) -> bool:
+        took = False
+        while self.slots:
+            try:
+                reply = self.core.next_reply()
+            except ProtocolError as exc:
+                exc.stage = exc.stage or "data"
+                raise
+            if reply is None:
+                break
+            self._take(self.slots.popleft(), reply)
+            took = True
+        return took
+
+    def _take(self, slot: _Slot, reply: Reply) -> None:
+        txn, kind = slot.txn, slot.kind
+        stage = _STAGE.get(kind, "data")
+        if reply.code == 421:
+            self.closing = txn
+            raise ServerDisconnected(
+                "the server is closing the connection", reply=reply, stage=stage
+            )
+        self._check(kind, reply, stage)
+        txn.pending -= 1
+        if kind == "rset":
+            if not 200 <= reply.code < 300:
+                raise ProtocolError("the server refused RSET", reply=reply, stage=stage)
+        elif kind == "mail":
+            txn.mail = reply
+            if self.enhanced and reply.enhanced and 200 <= reply.code < 300:
+                self.unconfirmed.clear()  # an address code where one belongs: in step
+        elif kind == "rcpt":
+            txn.rcpts.append(reply)
+        elif kind == "data":
+            txn.data = reply
+            if reply.code == 354:
+                self.unconfirmed.clear()  # the one reply that only DATA gets: in step
+        elif kind == "chunk":
+            if reply.code >= 400 and txn.chunk_error is None:
+                txn.chunk_error = reply
+        elif kind == "end":
+            txn.final = reply
+        self._settle_if_done(txn)
+
+    def _check(self, kind: str, reply: Reply, stage: str) -> None:
+        """Refuse a reply that cannot answer the command it is matched to."""
+        code = reply.code
+        fits = (code == 354 or code >= 400) if kind == "data" else not 300 <= code < 400
+        if fits and self.enhanced and reply.enhanced and 200 <= code < 300:
+            addressing = reply.enhanced.startswith("2.1.")
+            fits = addressing if kind in ("mail", "rcpt") else not addressing
+        if not fits:
+            raise ProtocolError(
+                f"the reply {reply} does not fit the {kind.upper()} it was matched to: the "
+                "server answered out of order or more than once",
+                reply=reply,
+                stage=stage,
+            )
+
+    def _envelope_ok(self, txn: _Txn, *, partial: bool = False) -> bool:
+        """Whether MAIL and at least one RCPT were accepted (``partial``: not refused yet)."""
+        if txn.mail is not None and not 200 <= txn.mail.code < 300:
+            return False
+        if partial and len(txn.rcpts) < len(txn.envelope.recipients):
+            return True
+        return any(200 <= r.code < 300 for r in txn.rcpts)
+
+    def _settle_if_done(self, txn: _Txn) -> None:
+        if not txn.complete or txn.pending or self.results[txn.index] is not None:
+            return
+        outcome = self._outcome(txn)
+        self.results[txn.index] = outcome
+        self.unconfirmed.append(txn.index)
+        if txn in self.inflight:
+            self.inflight.remove(txn)
+            self.inflight_bytes -= txn.envelope.size
+        if not isinstance(outcome, SubmitResult) and (self.chunking or txn.final is None):
+            self.dirty = True
+
+    def _outcome(self, txn: _Txn) -> Outcome:
+        recipients = txn.envelope.recipients
+        accepted, refused = _sort_recipients(recipients, txn.rcpts)
+        for recipient, reply in zip(recipients, txn.rcpts, strict=False):
+            if recipient not in accepted and recipient not in refused:
+                refused[recipient] = reply  # deferred (452): not sent again in a stream
+        mail = txn.mail or Reply(503, "no reply to MAIL")
+        failure = self.session._envelope_failure(mail, accepted, refused, txn.envelope)
+        if failure is not None:
+            return failure
+        if txn.data is not None and txn.data.code != 354:
+            return DataRefused("the server refused DATA", reply=txn.data, stage="data")
+        if txn.chunk_error is not None or txn.final is None:
+            return DataRefused(
+                "the server refused a BDAT chunk", reply=txn.chunk_error, stage="data"
+            )
+        if not 200 <= txn.final.code < 300:
+            return DataRefused("the server refused the message", reply=txn.final, stage="data")
+        envelope = txn.envelope
+        return SubmitResult(
+            envelope.message_id, envelope.sender, accepted, refused, txn.final, txn.size
+        )
+
+    # -- failures --------------------------------------------------------------------
+
+    def _lost(self, cause: SmtpError, items: Iterator[Any]) -> None:
+        """The connection is gone: each message in flight by how far its end got."""
+        for txn in list(self._unsettled()):
+            self.results[txn.index] = self._lost_outcome(txn, cause)
+        for index, outcome in enumerate(self.results):
+            if outcome is None:
+                self.results[index] = _never_started(cause)
+        for _ in items:
+            self.results.append(_never_started(cause))
+
+    def _unsettled(self) -> Iterator[_Txn]:
+        """Messages started and without an outcome, oldest first."""
+        seen: set[int] = set()
+        candidates = [s.txn for s in self.slots] + list(self.inflight)
+        if self.current is not None:
+            candidates.append(self.current)
+        for txn in candidates:
+            if txn.index not in seen and self.results[txn.index] is None:
+                seen.add(txn.index)
+                yield txn
+
+    def _lost_outcome(self, txn: _Txn, cause: SmtpError) -> Outcome:
+        if txn.mail is not None and not self._envelope_ok(txn, partial=True):
+            return self._outcome(txn)  # already refused: whatever followed was discarded
+        if txn is self.closing:
+            return _error(ServerDisconnected, "the server closed the connection (421)", cause)
+        if txn.end != NOT_WRITTEN:
+            return _error(
+                DeliveryStatusUnknown,
+                "the connection was lost after the end of the message data was sent and "
+                "before the server answered: the message may or may not have been accepted "
+                "(retrying can deliver it twice)",
+                cause,
+            )
+        return _error(
+            ServerDisconnected,
+            "the connection was lost before the message data was completely sent; "
+            "nothing was delivered (safe to retry)",
+            cause,
+        )
+
+    def _desync(self, cause: ProtocolError, items: Iterator[Any]) -> None:
+        """Replies no longer match commands: nothing since the last proof is trusted."""
+        suspect = set(self.unconfirmed)
+        for index, outcome in enumerate(self.results):
+            if outcome is None or index in suspect:
+                self.results[index] = _error(ProtocolError, str(cause), cause)
+        for _ in items:
+            self.results.append(_error(ProtocolError, str(cause), cause))
+
+
+def _error(kind: type[SmtpError], message: str, cause: SmtpError) -> SmtpError:
+    error = kind(message, reply=cause.reply, stage=cause.stage)
+    error.__cause__ = cause
+    return error
+
+
+def _never_started(cause: SmtpError | None) -> SmtpError:
+    error = ServerDisconnected(
+        "not sent: the connection was lost before this message was started (safe to retry)",
+        stage=cause.stage if cause is not None else "mail",
+    )
+    error.__cause__ = cause
+    return error
+
+
+def _unpack(item: Any) -> tuple[Any, str | None, Any]:
+    """A Message, a (raw, sender, recipients) tuple, or an object with those attributes."""
+    if hasattr(item, "prepare") and hasattr(item, "needs_smtputf8"):
+        return item, None, None
+    if isinstance(item, tuple):
+        if len(item) != 3:
+            raise MessageError("a ready message is a (raw, sender, recipients) tuple")
+        return item[0], item[1], item[2]
+    if all(hasattr(item, name) for name in ("raw", "sender", "recipients")):
+        return item.raw, item.sender, item.recipients
+    raise MessageError(
+        "send_many takes Message objects, (raw, sender, recipients) tuples or objects with "
+        f".raw, .sender and .recipients, not {type(item).__name__}"
+    )
