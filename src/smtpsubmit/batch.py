@@ -9,7 +9,9 @@ single ``send`` never needs:
   and the next message's ``MAIL``/``RCPT``/``DATA`` go out in one write, so a
   message costs one round trip (the wait for 354). With CHUNKING (RFC 3030)
   ``BDAT ... LAST`` needs no 354 at all: up to ``window`` transactions (and
-  ``window_bytes`` octets) are in flight and replies are read as they come.
+  ``window_bytes`` octets) are in flight and replies are read as they come
+  (when the server also offers ENHANCEDSTATUSCODES, which is what proves the
+  replies in step; otherwise one transaction at a time).
   Without PIPELINING each message is an ordinary ``send``.
 * **Matching replies in order.** Every command written gets a slot in a
   queue; replies fill the slots strictly in order. A reply that cannot belong
@@ -128,7 +130,10 @@ class _Stream:
         self.chunking = "CHUNKING" in caps
         self.pipelining = "PIPELINING" in caps
         self.enhanced = "ENHANCEDSTATUSCODES" in caps
-        self.window, self.window_bytes = window, window_bytes
+        # Replies are proven in step by their enhanced codes; without them a CHUNKING
+        # stream keeps one transaction in flight, as a single send does.
+        self.window = window if self.enhanced else 1
+        self.window_bytes = window_bytes
         self.results: list[Outcome | None] = []
         self.slots: deque[_Slot] = deque()
         self.inflight: deque[_Txn] = deque()
@@ -212,6 +217,7 @@ class _Stream:
                 self.core.send_data_end()
                 self._slot(txn, "void")
                 carry = b".\r\n"
+                self.dirty = True  # the refused transaction may still be open
             txn.complete = True
             self._settle_if_done(txn)
         if carry:
@@ -288,6 +294,8 @@ class _Stream:
     def _envelope(self, txn: _Txn, *, data_command: bool) -> bytes:
         """[RSET] MAIL RCPT... [DATA] for one message, registered in order."""
         commands: list[tuple[Command, str]] = []
+        if not self.slots:
+            self.session._check_unsolicited("mail")  # a reply too many, already here
         if self.dirty or (self.chunking and self.inflight):
             commands.append((Command("RSET", "", "mail"), "rset"))
             self.dirty = False
