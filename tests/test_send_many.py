@@ -30,6 +30,7 @@ from smtpsubmit import (
 )
 from smtpsubmit.transport import AsyncStream, SyncStream
 from tests.servers.fakesmtp import FakeSMTP, Step, _Conn, _Ended, ehlo_reply
+from tests.servers.postfix import CATCHALL
 
 SENDER = "a@example.org"
 RCPT = "b@example.org"
@@ -546,3 +547,56 @@ def test_connection_is_reusable_after_a_clean_stream(
     assert isinstance(out[1], SubmitResult)
     verbs = [c.split()[0].upper() for c in server.commands]
     assert verbs[-5:] == [b"RSET", b"MAIL", b"RCPT", b"DATA", b"QUIT"]  # the last envelope failed
+
+
+# -- real peers: byte-exact delivery of long streams -------------------------------------
+
+
+def stream_of(n: int, tag: str) -> list[tuple[bytes, str, list[str]]]:
+    """n distinct messages with tricky lines (a leading dot, a bare "." line, 8-bit text)."""
+    out = []
+    for i in range(n):
+        body = f"line one of {i}\r\n.\r\n..two dots\r\nend {'é' * (i % 3)}\r\n".encode()
+        head = f"From: {SENDER}\r\nTo: {RCPT}\r\nSubject: {tag} {i}\r\n"
+        head += f"Message-ID: <{tag}.{i}@example.org>\r\n\r\n"
+        out.append((head.encode() + body, SENDER, [f"{tag}@example.org"]))
+    return out
+
+
+def test_aiosmtpd_stream_of_1000_byte_exact(driver: Any, aiosmtpd_server: Any) -> None:
+    # aiosmtpd offers no PIPELINING: the fallback, one send per message, same results.
+    batch = stream_of(1000, f"aio{driver.name}")
+    server = Server(aiosmtpd_server.host, port=aiosmtpd_server.port, options=Option.EXTENDED)
+    (results,) = driver.session(server, [("send_many", (batch,), {})])
+    assert kinds(results) == ["ok"] * 1000
+    received = aiosmtpd_server.wait_for(1000, timeout=20)
+    assert [m.original_content for m in received] == [item[0] for item in batch]
+
+
+@pytest.mark.postfix
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_postfix_stream_of_1000_byte_exact(driver: Any, postfix: Any, chunking: bool) -> None:
+    tag = f"pf{driver.name}{'bdat' if chunking else 'data'}{time.monotonic_ns()}"
+    batch = stream_of(1000, tag)
+    server = Server(
+        postfix.host,
+        port=postfix.plain,
+        options=Option.EXTENDED,
+        timeout=20,
+        disable_extensions=frozenset() if chunking else frozenset({"CHUNKING"}),
+    )
+    (results,) = driver.session(server, [("send_many", (batch,), {})])
+    assert kinds(results) == ["ok"] * 1000
+    assert all(r.reply.code == 250 and "queued as" in r.reply.text for r in results)
+    deadline = time.monotonic() + 30
+    while True:
+        stored = [m for m in postfix.maildir_messages(CATCHALL) if tag.encode() in m]
+        if len(stored) >= 1000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    by_id = {re.search(rb"Message-ID: <([^>]+)>", m)[1]: m for m in stored}  # type: ignore[index]
+    assert len(by_id) == 1000
+    for item in batch:
+        message_id = re.search(rb"Message-ID: <([^>]+)>", item[0])[1]  # type: ignore[index]
+        # virtual(8) stores LF line ends and prepends its own trace headers.
+        assert by_id[message_id].endswith(item[0].replace(b"\r\n", b"\n"))
