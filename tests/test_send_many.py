@@ -480,7 +480,9 @@ def test_bdat_stream_reply_too_many(
 
 
 @pytest.mark.parametrize("enhanced", [True, False], ids=["enhanced", "plain-codes"])
-def test_reply_out_of_order(driver: Any, fake_smtp: Callable[..., FakeSMTP], enhanced: bool) -> None:
+def test_reply_out_of_order(
+    driver: Any, fake_smtp: Callable[..., FakeSMTP], enhanced: bool
+) -> None:
     caps = DATA_CAPS if enhanced else ("PIPELINING", "8BITMIME")
     fake = fake_smtp(StreamServer(caps=caps, enhanced=enhanced, early_354=2), check=False)
     results = run_many(driver, fake, items(5))
