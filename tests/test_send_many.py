@@ -31,6 +31,7 @@ from smtpsubmit import (
 from smtpsubmit.transport import AsyncStream, SyncStream
 from tests.servers.fakesmtp import FakeSMTP, Step, _Conn, _Ended, ehlo_reply
 from tests.servers.postfix import CATCHALL
+from tests.test_readme import python_blocks, readme_server, run_block  # noqa: F401
 
 SENDER = "a@example.org"
 RCPT = "b@example.org"
@@ -602,3 +603,17 @@ def test_postfix_stream_of_1000_byte_exact(driver: Any, postfix: Any, chunking: 
         message_id = re.search(rb"Message-ID: <([^>]+)>", item[0])[1]  # type: ignore[index]
         # virtual(8) stores LF line ends and prepends its own trace headers.
         assert by_id[message_id].endswith(item[0].replace(b"\r\n", b"\n"))
+
+
+def test_readme_many_messages_section_runs(readme_server: Any) -> None:  # noqa: F811
+    messages = [
+        Message(sender="me@example.org", to="you@example.org", subject=f"many {n}", text="hi")
+        for n in range(3)
+    ]
+    namespace: dict[str, Any] = {"messages": messages}
+    for number, block in enumerate(python_blocks("Many messages"), 1):
+        run_block(block, namespace, f"README.md Many messages block {number}")
+    assert namespace["sent"] == messages
+    assert namespace["unknown"] == []
+    received = readme_server.wait_for(3)
+    assert [m.original_content.count(b"Subject: many") for m in received] == [1, 1, 1]
