@@ -617,3 +617,12 @@ def test_readme_many_messages_section_runs(readme_server: Any) -> None:  # noqa:
     assert namespace["unknown"] == []
     received = readme_server.wait_for(3)
     assert [m.original_content.count(b"Subject: many") for m in received] == [1, 1, 1]
+
+
+def test_bdat_window_counts_replies_owed(driver: Any, fake_smtp: Callable[..., FakeSMTP]) -> None:
+    # 400 recipients each: a third transaction would leave over 1,000 replies unread, enough
+    # to fill the socket buffers of a slow link; the client waits instead.
+    fake = fake_smtp(StreamServer(caps=BDAT_CAPS, preread=2, cut=(0, "mail")))
+    many = [f"r{n}@example.org" for n in range(400)]
+    results = run_many(driver, fake, [(raw(i), SENDER, many) for i in range(5)])
+    assert kinds(results) == ["unknown"] * 2 + ["disconnected"] * 3

@@ -77,6 +77,10 @@ transcript = logging.getLogger("smtpsubmit.transcript")
 
 WINDOW = 100  # CHUNKING: transactions in flight at most
 WINDOW_BYTES = 4 * 1024 * 1024  # CHUNKING: message octets in flight at most
+# CHUNKING: replies owed at most. Unread replies fill the socket buffers; a server that
+# cannot write them stops reading, and a client writing a large chunk would then wait on
+# it for ever. A thousand short replies stay far below any buffer size.
+MAX_REPLIES_OWED = 1000
 
 Outcome = SubmitResult | SmtpError | MessageError
 
@@ -229,9 +233,11 @@ class _Stream:
             txn = self._start(item)
             if txn is None:
                 continue
+            owed = len(txn.envelope.recipients) + 3
             while self.inflight and (
                 len(self.inflight) >= self.window
                 or self.inflight_bytes + txn.envelope.size > self.window_bytes
+                or len(self.slots) + owed > MAX_REPLIES_OWED
             ):
                 yield from self._receive(block=True)
             yield from self._receive(block=False)
