@@ -233,14 +233,13 @@ class _Stream:
             txn = self._start(item)
             if txn is None:
                 continue
-            owed = len(txn.envelope.recipients) + 3
-            while self.inflight and (
-                len(self.inflight) >= self.window
-                or self.inflight_bytes + txn.envelope.size > self.window_bytes
-                or len(self.slots) + owed > MAX_REPLIES_OWED
-            ):
-                yield from self._receive(block=True)
-            yield from self._receive(block=False)
+            if self._window_full(txn, 1):
+                # Wait until half the window is free: the next writes then go out back to
+                # back, and a slow server costs one wake-up per half window, not per message.
+                while self.inflight and self._window_full(txn, 2):
+                    yield from self._receive(block=True)
+            else:
+                yield from self._receive(block=False)
             pending = self._envelope(txn, data_command=False)
             self.inflight.append(txn)
             self.inflight_bytes += txn.envelope.size
@@ -260,6 +259,15 @@ class _Stream:
                     self.dirty = True
                     self._settle_if_done(txn)
                     break
+
+    def _window_full(self, txn: _Txn, divisor: int) -> bool:
+        """Whether ``txn`` would not fit in the window (``divisor`` 2: in half of it)."""
+        owed = len(txn.envelope.recipients) + 3
+        return bool(self.inflight) and (
+            len(self.inflight) >= self.window // divisor
+            or self.inflight_bytes + txn.envelope.size > self.window_bytes // divisor
+            or len(self.slots) + owed > MAX_REPLIES_OWED // divisor
+        )
 
     def _finish(self) -> Flow[None]:
         """Every reply in; then nothing more may have come (a reply too many)."""
