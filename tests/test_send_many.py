@@ -626,3 +626,20 @@ def test_bdat_window_counts_replies_owed(driver: Any, fake_smtp: Callable[..., F
     many = [f"r{n}@example.org" for n in range(400)]
     results = run_many(driver, fake, [(raw(i), SENDER, many) for i in range(5)])
     assert kinds(results) == ["unknown"] * 2 + ["disconnected"] * 3
+
+
+def test_connection_closed_while_idle_loses_nothing(
+    driver: Any, fake_smtp: Callable[..., FakeSMTP]
+) -> None:
+    class HangsUp(StreamServer):
+        def run(self, c: _Conn) -> None:
+            c.send(b"220 stream.test ESMTP\r\n")
+            c.read_line(5, "EHLO")
+            c.send(ehlo_reply(*self.caps))
+            c.close()
+            raise _Ended("idle close")
+
+    fake = fake_smtp(HangsUp())
+    results = run_many(driver, fake, items(3))
+    assert kinds(results) == ["disconnected"] * 3
+    assert all(r.is_temporary for r in results)
