@@ -643,3 +643,25 @@ def test_connection_closed_while_idle_loses_nothing(
     results = run_many(driver, fake, items(3))
     assert kinds(results) == ["disconnected"] * 3
     assert all(r.is_temporary for r in results)
+
+
+@pytest.mark.parametrize("caps", [DATA_CAPS, BDAT_CAPS], ids=["data", "bdat"])
+def test_421_in_the_middle(
+    driver: Any, fake_smtp: Callable[..., FakeSMTP], caps: tuple[str, ...]
+) -> None:
+    class Closing(StreamServer):
+        def _on_mail(self, c: _Conn, line: bytes) -> None:
+            if self.k == 1:  # the third MAIL
+                c.send(b"421 4.3.2 Service shutting down\r\n")
+                c.close()
+                raise _Ended("421")
+            super()._on_mail(c, line)
+
+    chunking = "CHUNKING" in caps
+    fake = fake_smtp(Closing(caps=caps, preread=5 if chunking else 0))
+    results = run_many(driver, fake, items(5))
+    # The message the 421 answered was refused; the later ones were written whole (BDAT)
+    # and never answered, or never started (DATA).
+    later = "unknown" if chunking else "disconnected"
+    assert kinds(results) == ["ok", "ok", "disconnected", later, later]
+    assert results[2].reply.code == 421
