@@ -145,7 +145,7 @@ class _Stream:
         self.unconfirmed: list[int] = []  # settled since the last proof of alignment
         self.dirty = False  # the server may hold a transaction: RSET before the next MAIL
         self.closing: _Txn | None = None  # whose command the server answered with 421
-        self.current: _Txn | None = None  # the message being written
+        self.started: deque[_Txn] = deque()  # prepared and without an outcome, in order
 
     # -- the flow --------------------------------------------------------------------
 
@@ -197,22 +197,24 @@ class _Stream:
     def _data_stream(self, items: Iterator[Any]) -> Flow[None]:
         """PIPELINING without CHUNKING: one write and one round trip per message."""
         carry, carry_txn = b"", None  # the previous message's end, written with the next envelope
-        for item in items:
-            txn = self._start(item)
-            if txn is None:
-                continue
+        txn = self._next(items)
+        while txn is not None:
             head = self._envelope(txn, data_command=True)
-            yield from self._write(carry + head, carry_txn, at_tail=not head)
+            yield from self._write(carry + head, carry_txn, at_tail=False)
             carry, carry_txn = b"", None
+            # While the server answers: this message's first data and the next message.
+            pieces = self._data_pieces(txn)
+            piece = next(pieces)
+            following = self._next(items)
             while txn.data is None:
                 yield from self._receive(block=True)
             if txn.data.code == 354 and self._envelope_ok(txn):
-                pieces = self._data_pieces(txn)
-                piece = next(pieces)
-                for following in pieces:
+                for more in pieces:
                     yield from self._write(piece, None)
-                    piece = following
+                    piece = more
                 self.core.send_data_end()
+                transcript.debug("C: <message data: %d octets>", txn.size)
+                transcript.debug("C: .")
                 self._slot(txn, "end")
                 carry, carry_txn = piece, txn
             elif txn.data.code == 354:
@@ -224,6 +226,7 @@ class _Stream:
                 self.dirty = True  # the refused transaction may still be open
             txn.complete = True
             self._settle_if_done(txn)
+            txn = following
         if carry:
             yield from self._write(carry, carry_txn, at_tail=True)
 
@@ -302,8 +305,17 @@ class _Stream:
         except (MessageError, SmtpError) as exc:
             self.results[index] = exc
             return None
-        self.current = _Txn(index, envelope, source)
-        return self.current
+        txn = _Txn(index, envelope, source)
+        self.started.append(txn)
+        return txn
+
+    def _next(self, items: Iterator[Any]) -> _Txn | None:
+        """The next message that can be sent; bad ones before it get their outcome."""
+        for item in items:
+            txn = self._start(item)
+            if txn is not None:
+                return txn
+        return None
 
     def _envelope(self, txn: _Txn, *, data_command: bool) -> bytes:
         """[RSET] MAIL RCPT... [DATA] for one message, registered in order."""
@@ -343,8 +355,6 @@ class _Stream:
                 pending, size = [], 0
         pending.append(encoder.end())
         txn.size = encoder.octets
-        transcript.debug("C: <message data: %d octets>", encoder.octets)
-        transcript.debug("C: .")
         yield b"".join(pending)
 
     def _bdat_pieces(self, txn: _Txn) -> Iterator[tuple[bytes, bool]]:
@@ -468,6 +478,8 @@ class _Stream:
         outcome = self._outcome(txn)
         self.results[txn.index] = outcome
         self.unconfirmed.append(txn.index)
+        if self.started and self.started[0] is txn:
+            self.started.popleft()
         if txn in self.inflight:
             self.inflight.remove(txn)
             self.inflight_bytes -= txn.envelope.size
@@ -511,14 +523,7 @@ class _Stream:
 
     def _unsettled(self) -> Iterator[_Txn]:
         """Messages started and without an outcome, oldest first."""
-        seen: set[int] = set()
-        candidates = [s.txn for s in self.slots] + list(self.inflight)
-        if self.current is not None:
-            candidates.append(self.current)
-        for txn in candidates:
-            if txn.index not in seen and self.results[txn.index] is None:
-                seen.add(txn.index)
-                yield txn
+        return (txn for txn in self.started if self.results[txn.index] is None)
 
     def _lost_outcome(self, txn: _Txn, cause: SmtpError) -> Outcome:
         if txn.mail is not None and not self._envelope_ok(txn, partial=True):
