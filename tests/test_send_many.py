@@ -28,6 +28,8 @@ from smtpsubmit import (
     ServerDisconnected,
     SubmitResult,
 )
+from smtpsubmit.batch import send_many_flow
+from smtpsubmit.session import Send, Session
 from smtpsubmit.transport import AsyncStream, SyncStream
 from tests.servers.fakesmtp import FakeSMTP, Step, _Conn, _Ended, ehlo_reply
 from tests.servers.postfix import CATCHALL
@@ -665,3 +667,87 @@ def test_421_in_the_middle(
     later = "unknown" if chunking else "disconnected"
     assert kinds(results) == ["ok", "ok", "disconnected", later, later]
     assert results[2].reply.code == 421
+
+
+# -- in memory: the flow itself, with no socket (round trips counted exactly) -----------
+
+
+class MemoryPeer:
+    """A pipelining server in memory. Replies to a write come back only when the client
+    blocks for them (a poll finds nothing): one blocking read is one round trip."""
+
+    def __init__(self, *caps: str) -> None:
+        self.caps, self.buf, self.replies = caps, b"", b"220 mem.test ESMTP\r\n"
+        self.mode, self.need, self.last = "cmd", 0, False
+        self.delivered: list[bytes] = []
+        self.ops = {"send": 0, "poll": 0, "receive": 0}
+
+    def run(self, flow: Any) -> Any:
+        value: Any = None
+        while True:
+            try:
+                op = flow.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value = None
+            if isinstance(op, Send):
+                self.ops["send"] += 1
+                self.buf += op.data
+                self._serve()
+            elif op.poll:
+                self.ops["poll"] += 1
+                value = b""
+            else:
+                self.ops["receive"] += 1
+                assert self.replies, "the client waits for a reply that nothing asked for"
+                value, self.replies = self.replies, b""
+
+    def _serve(self) -> None:
+        while True:
+            if self.mode == "data":
+                end = 3 if self.buf.startswith(b".\r\n") else self.buf.find(b"\r\n.\r\n") + 5
+                if end < 5 and end != 3:
+                    return
+                self.delivered.append(self.buf[:end])
+                self.buf, self.mode = self.buf[end:], "cmd"
+                self.replies += b"250 2.0.0 Ok: queued\r\n"
+            elif self.mode == "bdat":
+                if len(self.buf) < self.need:
+                    return
+                self.delivered.append(self.buf[: self.need])
+                self.buf, self.mode = self.buf[self.need :], "cmd"
+                self.replies += b"250 2.0.0 Ok: queued\r\n"
+            else:
+                end = self.buf.find(b"\r\n")
+                if end < 0:
+                    return
+                line, self.buf = self.buf[:end], self.buf[end + 2 :]
+                verb = line.split()[0].upper()
+                if verb == b"EHLO":
+                    self.replies += ehlo_reply(*self.caps)
+                elif verb == b"DATA":
+                    self.mode = "data"
+                    self.replies += b"354 go ahead\r\n"
+                elif verb == b"BDAT":
+                    self.mode, self.need = "bdat", int(line.split()[1])
+                else:
+                    code = {b"MAIL": b"2.1.0", b"RCPT": b"2.1.5"}.get(verb, b"2.0.0")
+                    self.replies += b"250 " + code + b" Ok\r\n"
+
+
+@pytest.mark.parametrize("caps", [DATA_CAPS, BDAT_CAPS], ids=["data", "bdat"])
+def test_round_trips_in_memory(caps: tuple[str, ...]) -> None:
+    peer = MemoryPeer(*caps)
+    session = Session(Server("mem.test", options=Option.EXTENDED, local_hostname="client.test"))
+    peer.run(session.open("client.test"))
+    peer.ops = dict.fromkeys(peer.ops, 0)
+    results = peer.run(send_many_flow(session, items(20)))
+    assert kinds(results) == ["ok"] * 20
+    if "CHUNKING" in caps:
+        # Every transaction written before a single wait: the replies of all 20 in one read.
+        assert peer.ops == {"send": 20, "poll": peer.ops["poll"], "receive": 1}
+        assert peer.delivered == [raw(i) for i in range(20)]
+    else:
+        # One write and one wait per message (for its 354), and one for the last reply.
+        assert peer.ops == {"send": 21, "poll": 2, "receive": 21}  # polls: idle, leftover
+    assert not session.broken and not session.needs_reset
