@@ -8,8 +8,11 @@ refused) and can cut the connection at any stage of any message. Real peers
 
 from __future__ import annotations
 
+import gc
+import io
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -751,3 +754,26 @@ def test_round_trips_in_memory(caps: tuple[str, ...]) -> None:
         # One write and one wait per message (for its 354), and one for the last reply.
         assert peer.ops == {"send": 21, "poll": 2, "receive": 21}  # polls: idle, leftover
     assert not session.broken and not session.needs_reset
+
+
+@pytest.mark.parametrize("caps", [DATA_CAPS, BDAT_CAPS], ids=["data", "bdat"])
+def test_no_message_outlives_its_write(caps: tuple[str, ...]) -> None:
+    peer = MemoryPeer(*caps)
+    session = Session(Server("mem.test", options=Option.EXTENDED, local_hostname="client.test"))
+    peer.run(session.open("client.test"))
+    refs: list[weakref.ref[io.BytesIO]] = []
+    alive: list[int] = []
+
+    def messages() -> Iterator[tuple[io.BytesIO, str, list[str]]]:
+        for n in range(30):
+            gc.collect()
+            alive.append(sum(ref() is not None for ref in refs))
+            body = io.BytesIO(raw(n, b"x" * 5000 + b"\r\n"))
+            refs.append(weakref.ref(body))
+            yield body, SENDER, [RCPT]
+
+    results = peer.run(send_many_flow(session, messages()))
+    assert kinds(results) == ["ok"] * 30
+    # Whatever the window, only the message whose data is being written is still held:
+    # a written message's body is let go at once, not when its reply comes.
+    assert max(alive) <= 1

@@ -95,7 +95,7 @@ class _Txn:
 
     index: int
     envelope: Envelope
-    source: Source
+    source: Source | None  # dropped once the data is written: no body outlives its write
     mail: Reply | None = None
     rcpts: list[Reply] = field(default_factory=list)
     data: Reply | None = None  # the reply to DATA (DATA streams only)
@@ -345,7 +345,7 @@ class _Stream:
         encoder = DataEncoder()
         pending: list[bytes] = []
         size = 0
-        for chunk in txn.source():
+        for chunk in _take_source(txn)():
             out = encoder.feed(chunk)
             if out:
                 pending.append(out)
@@ -361,7 +361,7 @@ class _Stream:
         """BDAT chunks of at most BDAT_CHUNK octets, the last one flagged."""
         normalizer = LineEndingNormalizer()
         pending = bytearray()
-        for chunk in txn.source():
+        for chunk in _take_source(txn)():
             pending += normalizer.feed(chunk)
             while len(pending) >= BDAT_CHUNK:
                 piece = bytes(pending[:BDAT_CHUNK])
@@ -553,6 +553,14 @@ class _Stream:
                 self.results[index] = _error(ProtocolError, str(cause), cause)
         for _ in items:
             self.results.append(_error(ProtocolError, str(cause), cause))
+
+
+def _take_source(txn: _Txn) -> Source:
+    """The message's byte source, once: the stream keeps no body after it is written."""
+    source, txn.source = txn.source, None
+    if source is None:  # pragma: no cover - a message's data is only written once
+        raise RuntimeError("the message data was already written")
+    return source
 
 
 def _error(kind: type[SmtpError], message: str, cause: SmtpError) -> SmtpError:
