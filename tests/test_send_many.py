@@ -753,7 +753,7 @@ def test_round_trips_in_memory(caps: tuple[str, ...]) -> None:
     else:
         # One write and one wait per message (for its 354), and one for the last reply.
         assert peer.ops == {"send": 21, "poll": 2, "receive": 21}  # polls: idle, leftover
-    assert not session.broken and not session.needs_reset
+    assert session.reusable and not session.needs_reset
 
 
 @pytest.mark.parametrize("caps", [DATA_CAPS, BDAT_CAPS], ids=["data", "bdat"])

@@ -60,16 +60,9 @@ from smtpsubmit.errors import (
 from smtpsubmit.protocol import Command, DataEncoder, LineEndingNormalizer, State
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import SubmitResult
-from smtpsubmit.session import (
-    BDAT_CHUNK,
-    WRITE_BATCH,
-    Flow,
-    Receive,
-    Send,
-    Session,
-    _sort_recipients,
-)
+from smtpsubmit.session import BDAT_CHUNK, WRITE_BATCH, Flow, Receive, Send, Session
 from smtpsubmit.submit import Source, prepare_submission
+from smtpsubmit.transaction import envelope_failure, mail_command, rcpt_command, sort_recipients
 
 __all__ = ["WINDOW", "WINDOW_BYTES", "Outcome", "send_many_flow"]
 
@@ -166,10 +159,10 @@ class _Stream:
                 yield from self._finish()
                 session.needs_reset = self.dirty
         except ProtocolError as exc:
-            session.broken = True
+            session._failed(exc)
             self._desync(exc, items)
         except SmtpError as exc:
-            session.broken = True
+            session._failed(exc)
             self._lost(exc, items)
         return [r if r is not None else _never_started(None) for r in self.results]
 
@@ -179,19 +172,17 @@ class _Stream:
             index = self._new_index()
             try:
                 message, sender, recipients = _unpack(item)
-                envelope, source, rewindable = prepare_submission(
+                envelope, source, _ = prepare_submission(
                     message, self.session, sender=sender, recipients=recipients
                 )
             except (MessageError, SmtpError) as exc:
                 self.results[index] = exc
                 continue
             try:
-                self.results[index] = yield from self.session.send_message(
-                    envelope, source, rewindable=rewindable
-                )
+                self.results[index] = yield from self.session.send_message(envelope, source)
             except SmtpError as exc:
                 self.results[index] = exc
-                if self.session.broken:
+                if self.session.closed:
                     raise  # the rest cannot go on this connection
 
     def _data_stream(self, items: Iterator[Any]) -> Flow[None]:
@@ -258,8 +249,12 @@ class _Stream:
                     break
                 yield from self._receive(block=False)
                 if txn.chunk_error is not None or not self._envelope_ok(txn, partial=True):
-                    txn.complete = True  # RFC 3030: no more chunks after a refused one
+                    # RFC 3030: no more chunks after a refused one. The transaction ends
+                    # without its LAST; every reply in, the core knows it is over.
+                    txn.complete = True
                     self.dirty = True
+                    while self.slots:
+                        yield from self._receive(block=True)
                     self._settle_if_done(txn)
                     break
 
@@ -325,9 +320,9 @@ class _Stream:
         if self.dirty or (self.chunking and self.inflight):
             commands.append((Command("RSET", "", "mail"), "rset"))
             self.dirty = False
-        session, envelope = self.session, txn.envelope
-        commands.append((session._mail_command(envelope), "mail"))
-        commands += [(session._rcpt_command(envelope, r), "rcpt") for r in envelope.recipients]
+        caps, envelope = self.session.capabilities, txn.envelope
+        commands.append((mail_command(envelope, caps), "mail"))
+        commands += [(rcpt_command(envelope, r, caps), "rcpt") for r in envelope.recipients]
         if data_command:
             commands.append((Command("DATA", "", "data"), "data"))
         out = []
@@ -488,12 +483,12 @@ class _Stream:
 
     def _outcome(self, txn: _Txn) -> Outcome:
         recipients = txn.envelope.recipients
-        accepted, refused = _sort_recipients(recipients, txn.rcpts)
+        accepted, refused = sort_recipients(recipients, txn.rcpts)
         for recipient, reply in zip(recipients, txn.rcpts, strict=False):
             if recipient not in accepted and recipient not in refused:
                 refused[recipient] = reply  # deferred (452): not sent again in a stream
         mail = txn.mail or Reply(503, "no reply to MAIL")
-        failure = self.session._envelope_failure(mail, accepted, refused, txn.envelope)
+        failure = envelope_failure(txn.envelope, mail, accepted, refused)
         if failure is not None:
             return failure
         if txn.data is not None and txn.data.code != 354:

@@ -234,13 +234,7 @@ class Client(_Base):
         object with those attributes. Errors are returned in place, never raised:
         see "Sending many messages" in the docs for the failure split.
         """
-        flow = self._many_flow(messages, window, window_bytes)
-        session = self._session
-        try:
-            return self._run(flow)
-        finally:
-            if session is not None and session.broken and self._session is session:
-                self._discard()
+        return self._run(self._many_flow(messages, window, window_bytes))
 
     def verify(self, address: str) -> Reply:
         """VRFY: the server's reply as it is (252 means "cannot verify, will try")."""
@@ -375,13 +369,7 @@ class AsyncClient(_Base):
         window_bytes: int = WINDOW_BYTES,
     ) -> list[Outcome]:
         """Send many messages on this connection; see :meth:`Client.send_many`."""
-        flow = self._many_flow(messages, window, window_bytes)
-        session = self._session
-        try:
-            return await self._run(flow)
-        finally:
-            if session is not None and session.broken and self._session is session:
-                self._discard()
+        return await self._run(self._many_flow(messages, window, window_bytes))
 
     async def verify(self, address: str) -> Reply:
         return await self._run(self._require_session().simple("VRFY", address))
