@@ -777,3 +777,20 @@ def test_no_message_outlives_its_write(caps: tuple[str, ...]) -> None:
     # Whatever the window, only the message whose data is being written is still held:
     # a written message's body is let go at once, not when its reply comes.
     assert max(alive) <= 1
+
+
+def test_rset_after_a_refused_envelope_rides_with_the_next_stream(
+    driver: Any, fake_smtp: Callable[..., FakeSMTP], writes: list[int]
+) -> None:
+    server = StreamServer(refuse_rcpt=frozenset({"nobody@example.org"}))
+    fake = fake_smtp(server)
+    first: list[Any] = [(raw(0), SENDER, ["nobody@example.org"])]
+    out = driver.session(
+        server_for(fake), [("send_many", (first,), {}), ("send_many", (items(1),), {})]
+    )
+    assert [kinds(o) for o in out] == [["recipients"], ["ok"]]
+    verbs = [c.split()[0].upper() for c in server.commands]
+    assert verbs[3:7] == [b"RSET", b"MAIL", b"RCPT", b"DATA"]
+    # EHLO; the first stream: its envelope; the second: RSET+envelope in one write, then
+    # the end of its data; QUIT.
+    assert len(writes) == 1 + 1 + 2 + 1

@@ -146,8 +146,10 @@ class _Stream:
         session = self.session
         try:
             yield from session._idle_check("mail")
-            if session.needs_reset or self.core.state is not State.READY:
+            unclean = session.needs_reset or self.core.state is not State.READY
+            if unclean and not self.pipelining:
                 yield from session._rset()
+            self.dirty = unclean  # pipelined: the RSET rides with the first MAIL
             if not self.pipelining:
                 yield from self._one_by_one(items)
             else:
