@@ -794,3 +794,21 @@ def test_rset_after_a_refused_envelope_rides_with_the_next_stream(
     # EHLO; the first stream: its envelope; the second: RSET+envelope in one write, then
     # the end of its data; QUIT.
     assert len(writes) == 1 + 1 + 2 + 1
+
+
+def test_an_early_answer_to_the_data_stops_the_stream_before_the_body(
+    driver: Any, fake_smtp: Callable[..., FakeSMTP]
+) -> None:
+    class Early(StreamServer):
+        def _on_data(self, c: _Conn, line: bytes) -> None:
+            if self.k == 1:  # 354 and, at once, an answer to a dot not yet sent
+                c.send(b"354 go ahead\r\n250 2.0.0 Ok: queued\r\n")
+                self.delivered.append(c.read_data(2))
+                return
+            super()._on_data(c, line)
+
+    server = Early()
+    fake = fake_smtp(server, check=False)
+    results = run_many(driver, fake, items(5))
+    assert kinds(results) == ["ok"] + ["protocol"] * 4
+    assert len(server.delivered) == 1  # message 1's body was never written

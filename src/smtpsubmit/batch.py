@@ -201,6 +201,8 @@ class _Stream:
             following = self._next(items)
             while txn.data is None:
                 yield from self._receive(block=True)
+            if not self.slots:
+                self.session._check_unsolicited("data")  # nothing may answer the data early
             if txn.data.code == 354 and self._envelope_ok(txn):
                 for more in pieces:
                     yield from self._write(piece, None)
