@@ -259,13 +259,13 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     sizes: list[int] = []
     sync_send, async_send = SyncStream.send, AsyncStream.send
 
-    def counted(self: SyncStream, data: bytes, stage: str) -> None:
+    def counted(self: SyncStream, data: bytes, *args: Any) -> None:
         sizes.append(len(data))
-        sync_send(self, data, stage)
+        sync_send(self, data, *args)
 
-    async def acounted(self: AsyncStream, data: bytes, stage: str) -> None:
+    async def acounted(self: AsyncStream, data: bytes, *args: Any) -> None:
         sizes.append(len(data))
-        await async_send(self, data, stage)
+        await async_send(self, data, *args)
 
     monkeypatch.setattr(SyncStream, "send", counted)
     monkeypatch.setattr(AsyncStream, "send", acounted)
