@@ -51,11 +51,14 @@ CLIENTS: dict[str, list[str]] = {
     "W5a": ["smtpsubmit", "smtplib"],
     "W5b": ["smtpsubmit", "smtplib"],
     "W6": ["smtpsubmit", "smtpsubmit-nochunking", "smtplib"],
+    "W1s": ["smtpsubmit-many", "smtpsubmit-many-async", "smtplib", "smtp-source"],
 }
 LABELS = {
     "smtpsubmit": "smtpsubmit Client",
     "smtpsubmit-async": "smtpsubmit AsyncClient",
     "smtpsubmit-nochunking": "smtpsubmit, CHUNKING off (DATA)",
+    "smtpsubmit-many": "smtpsubmit Client.send_many",
+    "smtpsubmit-many-async": "smtpsubmit AsyncClient.send_many",
     "smtplib": "smtplib",
     "aiosmtplib": "aiosmtplib",
     "smtp-source": "smtp-source (C)",
@@ -81,6 +84,8 @@ TARGETS = [
     ("W3-big", "smtpsubmit", "", "rss", 40.0),
     ("W5a", "smtpsubmit", "smtplib", "ratio", 3.0),
     ("W5b", "smtpsubmit", "smtplib", "ratio", 3.0),
+    ("W1s", "smtpsubmit-many", "smtplib", "ratio", 3.0),
+    ("W1s", "smtpsubmit-many", "smtp-source", "ratio", 2.0),
 ]
 
 
@@ -508,7 +513,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller workloads, a smoke run")
     parser.add_argument("--big", action="store_true", help="also W3 with a 500 MB attachment")
     parser.add_argument(
-        "--only", help="comma-separated workloads to run (W1,W2,W3,W3-big,W4,W5a,W5b,W6)"
+        "--only", help="comma-separated workloads to run (W1,W2,W3,W3-big,W4,W5a,W5b,W6,W1s)"
     )
     parser.add_argument("--clients", help="comma-separated clients to run (default: all)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no files")

@@ -143,6 +143,7 @@ WORKLOADS: dict[str, dict[str, object]] = {
     "W5a": {"kind": "compose", "count": 10_000},
     "W5b": {"kind": "compose-attach", "count": 200, "file_size": 1_000_000},
     "W6": {"kind": "send", "count": 200, "size": 100_000, "rcpts": 1, "conns": 1},
+    "W1s": {"kind": "send", "count": 20_000, "size": 2048, "rcpts": 1, "conns": 1},
 }
 
 # --quick: the same shapes, smaller.
@@ -154,6 +155,7 @@ QUICK: dict[str, dict[str, object]] = {
     "W5a": {"count": 1000},
     "W5b": {"count": 20},
     "W6": {"count": 30},
+    "W1s": {"count": 5000},
 }
 
 DESCRIPTIONS = {
@@ -165,6 +167,7 @@ DESCRIPTIONS = {
     "W5a": "compose 10,000 text+HTML messages to bytes",
     "W5b": "compose 200 messages with a 1 MB attachment to bytes",
     "W6": "200 x 100 KB to real Postfix smtpd (BDAT vs DATA)",
+    "W1s": "W1 as a stream: 20,000 x 2 KB, one connection (send_many)",
 }
 
 

@@ -7,6 +7,7 @@ and are the same for every client.
 
 Clients: ``smtpsubmit`` (sync Client), ``smtpsubmit-async`` (AsyncClient),
 ``smtpsubmit-nochunking`` (sync, ``disable_extensions={"CHUNKING"}``),
+``smtpsubmit-many`` / ``smtpsubmit-many-async`` (the whole share in one ``send_many``),
 ``smtplib`` (with ``email.message.EmailMessage`` where a message is composed)
 and ``aiosmtplib``.
 """
@@ -37,7 +38,15 @@ from bench.common import (
     text_body,
 )
 
-CLIENTS = ("smtpsubmit", "smtpsubmit-async", "smtpsubmit-nochunking", "smtplib", "aiosmtplib")
+CLIENTS = (
+    "smtpsubmit",
+    "smtpsubmit-async",
+    "smtpsubmit-nochunking",
+    "smtpsubmit-many",
+    "smtpsubmit-many-async",
+    "smtplib",
+    "aiosmtplib",
+)
 TIMEOUT = 60.0
 
 
@@ -115,6 +124,37 @@ def send_smtpsubmit_async(port: int, shares: list[list[bytes]], rcpts: list[str]
 
     async def main() -> int:
         return sum(await asyncio.gather(*(work(s) for s in shares)))
+
+    return asyncio.run(main())
+
+
+def send_smtpsubmit_many(
+    port: int, shares: list[list[bytes]], rcpts: list[str], client: str
+) -> int:
+    """The whole share in one ``send_many`` call per connection (the stream)."""
+    from smtpsubmit import AsyncClient, Client, SubmitResult
+
+    server = _smtpsubmit_server(port)
+
+    def check(results: list[Any]) -> int:
+        bad = [r for r in results if not isinstance(r, SubmitResult)]
+        if bad:
+            raise RuntimeError(f"{len(bad)} messages failed, first: {bad[0]!r}")
+        return len(results)
+
+    def work(messages: list[bytes]) -> int:
+        with Client(server) as c:
+            return check(c.send_many([(m, SENDER, rcpts) for m in messages]))
+
+    async def awork(messages: list[bytes]) -> int:
+        async with AsyncClient(server) as c:
+            return check(await c.send_many([(m, SENDER, rcpts) for m in messages]))
+
+    if client == "smtpsubmit-many":
+        return _threads(work, shares)
+
+    async def main() -> int:
+        return sum(await asyncio.gather(*(awork(s) for s in shares)))
 
     return asyncio.run(main())
 
@@ -308,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     if kind == "send":
         if args.client == "smtpsubmit-async":
             done = send_smtpsubmit_async(args.port, shares, rcpts)
+        elif args.client.startswith("smtpsubmit-many"):
+            done = send_smtpsubmit_many(args.port, shares, rcpts, args.client)
         elif args.client.startswith("smtpsubmit"):
             done = send_smtpsubmit(args.port, shares, rcpts, args.client)
         elif args.client == "smtplib":

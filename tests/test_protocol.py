@@ -29,7 +29,16 @@ SRC = pathlib.Path(__file__).parents[1] / "src" / "smtpsubmit"
 
 @pytest.mark.parametrize(
     "module",
-    ["protocol.py", "session.py", "transaction.py", "reply.py", "auth.py", "sasl.py", "scram.py"],
+    [
+        "protocol.py",
+        "session.py",
+        "transaction.py",
+        "batch.py",
+        "reply.py",
+        "auth.py",
+        "sasl.py",
+        "scram.py",
+    ],
 )
 def test_core_modules_import_no_io(module: str) -> None:
     """The protocol core stays sans-IO: no socket, ssl, asyncio, threading or time."""

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
+from smtpsubmit.batch import WINDOW, WINDOW_BYTES, Outcome, send_many_flow
 from smtpsubmit.envelope import DSN
 from smtpsubmit.errors import (
     AuthError,
@@ -120,6 +121,12 @@ class _Base:
             require_tls=require_tls,
         )
         return session.send_message(envelope, source, progress)
+
+    def _many_flow(self, messages: Iterable[Any], window: int, window_bytes: int) -> Flow[Any]:
+        """The session flow that streams many messages (both drivers run it)."""
+        return send_many_flow(
+            self._require_session(), messages, window=window, window_bytes=window_bytes
+        )
 
     def _receive_timeout(self, op: Receive) -> float:
         """Each reply must complete within the timeout, however slowly it trickles."""
@@ -248,6 +255,21 @@ class Client(_Base):
                     require_tls=require_tls,
                 )
             )
+
+    def send_many(
+        self,
+        messages: Iterable[Any],
+        *,
+        window: int = WINDOW,
+        window_bytes: int = WINDOW_BYTES,
+    ) -> list[Outcome]:
+        """Send many messages on this connection, streamed; one outcome per message.
+
+        Each item is a ``Message``, a ``(raw, sender, recipients)`` tuple or an
+        object with those attributes. Errors are returned in place, never raised:
+        see "Sending many messages" in the docs for the failure split.
+        """
+        return self._run(self._many_flow(messages, window, window_bytes))
 
     def verify(self, address: str) -> Reply:
         """VRFY: the server's reply as it is (252 means "cannot verify, will try")."""
@@ -388,6 +410,16 @@ class AsyncClient(_Base):
                     require_tls=require_tls,
                 )
             )
+
+    async def send_many(
+        self,
+        messages: Iterable[Any],
+        *,
+        window: int = WINDOW,
+        window_bytes: int = WINDOW_BYTES,
+    ) -> list[Outcome]:
+        """Send many messages on this connection; see :meth:`Client.send_many`."""
+        return await self._run(self._many_flow(messages, window, window_bytes))
 
     async def verify(self, address: str) -> Reply:
         with self._exclusive("verify"):

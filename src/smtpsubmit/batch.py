@@ -1,0 +1,593 @@
+"""Many messages on one connection: mail transactions streamed behind each other.
+
+``Client.send_many`` and ``AsyncClient.send_many`` run :func:`send_many_flow`,
+a session flow like those of :mod:`smtpsubmit.session` (it yields ``Send`` /
+``Receive`` and is carried out by the same two driver loops). It owns what a
+single ``send`` never needs:
+
+* **Streaming.** With PIPELINING (RFC 2920) a message's data, its final dot
+  and the next message's ``MAIL``/``RCPT``/``DATA`` go out in one write, so a
+  message costs one round trip (the wait for 354). With CHUNKING (RFC 3030)
+  ``BDAT ... LAST`` needs no 354 at all: up to ``window`` transactions (and
+  ``window_bytes`` octets) are in flight and replies are read as they come
+  (when the server also offers ENHANCEDSTATUSCODES, which is what proves the
+  replies in step; otherwise one transaction at a time).
+  Without PIPELINING each message is an ordinary ``send``.
+* **Matching replies in order.** Every command written gets a slot in a
+  queue; replies fill the slots strictly in order. A reply that cannot belong
+  to its slot (a 354 to anything but DATA, a 2xx to DATA, an address code on
+  the end of the data when the server uses enhanced codes) proves the server
+  answered out of order or too often: those messages, every message not yet
+  proven aligned, and the rest become :class:`ProtocolError` — never a success
+  attributed to the wrong message.
+* **The failure split.** When the connection is lost, a message whose end of
+  data was written and whose answer never came is
+  :class:`DeliveryStatusUnknown`; one whose data was not completely written,
+  or that was never started, is :class:`ServerDisconnected` (nothing of it can
+  have been delivered, so it is safe to retry).
+* **Keeping the server in step.** A failed envelope in the middle of a stream
+  leaves the server with a half-open transaction (RFC 3030 §2: a BDAT after a
+  refused MAIL is refused and its bytes discarded), so an ``RSET`` is
+  pipelined in front of the next ``MAIL`` whenever an earlier transaction may
+  not have ended cleanly — and in a CHUNKING stream whenever one is still in
+  flight, because its outcome is not known when the next one is written.
+
+Recipients deferred with 452 ("too many recipients") inside a stream are
+reported in that message's ``refused`` with the 452 (temporary): a stream does
+not keep bodies to send them again. Memory stays bounded: what is kept per
+message in flight is its envelope and its replies, never its body.
+
+Like the session, this module does no I/O and reads no clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from smtpsubmit.envelope import Envelope
+from smtpsubmit.errors import (
+    DataRefused,
+    DeliveryStatusUnknown,
+    MessageError,
+    ProtocolError,
+    ServerDisconnected,
+    SmtpError,
+)
+from smtpsubmit.protocol import Command, DataEncoder, LineEndingNormalizer, State
+from smtpsubmit.reply import Reply
+from smtpsubmit.result import SubmitResult
+from smtpsubmit.session import BDAT_CHUNK, WRITE_BATCH, Flow, Receive, Send, Session
+from smtpsubmit.submit import Source, prepare_submission
+from smtpsubmit.transaction import envelope_failure, mail_command, rcpt_command, sort_recipients
+
+__all__ = ["WINDOW", "WINDOW_BYTES", "Outcome", "send_many_flow"]
+
+transcript = logging.getLogger("smtpsubmit.transcript")
+
+WINDOW = 100  # CHUNKING: transactions in flight at most
+WINDOW_BYTES = 4 * 1024 * 1024  # CHUNKING: message octets in flight at most
+# CHUNKING: replies owed at most. Unread replies fill the socket buffers; a server that
+# cannot write them stops reading, and a client writing a large chunk would then wait on
+# it for ever. A thousand short replies stay far below any buffer size.
+MAX_REPLIES_OWED = 1000
+
+Outcome = SubmitResult | SmtpError | MessageError
+
+# How far the end of a message's data got: decides DeliveryStatusUnknown or not.
+NOT_WRITTEN, MAYBE_WRITTEN, WRITTEN = 0, 1, 2
+_STAGE = {"rset": "mail", "mail": "mail", "rcpt": "rcpt"}
+
+
+@dataclass(slots=True, eq=False)
+class _Txn:
+    """One message of the stream: its envelope and the replies gathered so far."""
+
+    index: int
+    envelope: Envelope
+    source: Source | None  # dropped once the data is written: no body outlives its write
+    mail: Reply | None = None
+    rcpts: list[Reply] = field(default_factory=list)
+    data: Reply | None = None  # the reply to DATA (DATA streams only)
+    chunk_error: Reply | None = None  # the first refused BDAT chunk
+    final: Reply | None = None
+    end: int = NOT_WRITTEN
+    size: int = 0
+    pending: int = 0  # slots registered and not yet answered
+    complete: bool = False  # no more slots will be registered
+
+
+@dataclass(slots=True)
+class _Slot:
+    txn: _Txn
+    kind: str  # rset, mail, rcpt, data, chunk, end, void (a dot after a wrong 354)
+
+
+def send_many_flow(
+    session: Session,
+    items: Iterable[Any],
+    *,
+    window: int = WINDOW,
+    window_bytes: int = WINDOW_BYTES,
+) -> Flow[list[Outcome]]:
+    """The flow behind ``send_many``: one outcome per item, in input order."""
+    if window < 1 or window_bytes < 1:
+        raise ValueError("window and window_bytes must be at least 1")
+    return _Stream(session, window, window_bytes).run(iter(items))
+
+
+class _Stream:
+    def __init__(self, session: Session, window: int, window_bytes: int) -> None:
+        self.session = session
+        self.core = session.core
+        caps = session.capabilities
+        self.chunking = "CHUNKING" in caps
+        self.pipelining = "PIPELINING" in caps
+        self.enhanced = "ENHANCEDSTATUSCODES" in caps
+        # Replies are proven in step by their enhanced codes; without them a CHUNKING
+        # stream keeps one transaction in flight, as a single send does.
+        self.window = window if self.enhanced else 1
+        self.window_bytes = window_bytes
+        self.results: list[Outcome | None] = []
+        self.slots: deque[_Slot] = deque()
+        self.inflight: deque[_Txn] = deque()
+        self.inflight_bytes = 0
+        self.unconfirmed: list[int] = []  # settled since the last proof of alignment
+        self.dirty = False  # the server may hold a transaction: RSET before the next MAIL
+        self.closing: _Txn | None = None  # whose command the server answered with 421
+        self.started: deque[_Txn] = deque()  # prepared and without an outcome, in order
+
+    # -- the flow --------------------------------------------------------------------
+
+    def run(self, items: Iterator[Any]) -> Flow[list[Outcome]]:
+        session = self.session
+        try:
+            yield from session._idle_check("mail")
+            unclean = session.needs_reset or self.core.state is not State.READY
+            if unclean and not self.pipelining:
+                yield from session._rset()
+            self.dirty = unclean  # pipelined: the RSET rides with the first MAIL
+            if not self.pipelining:
+                yield from self._one_by_one(items)
+            else:
+                session.needs_reset = True  # until the stream ends in step
+                if self.chunking:
+                    yield from self._bdat_stream(items)
+                else:
+                    yield from self._data_stream(items)
+                yield from self._finish()
+                session.needs_reset = self.dirty
+        except ProtocolError as exc:
+            session._failed(exc)
+            self._desync(exc, items)
+        except SmtpError as exc:
+            session._failed(exc)
+            self._lost(exc, items)
+        return [r if r is not None else _never_started(None) for r in self.results]
+
+    def _one_by_one(self, items: Iterator[Any]) -> Flow[None]:
+        """No PIPELINING: each message is an ordinary send, errors kept as values."""
+        for item in items:
+            index = self._new_index()
+            try:
+                message, sender, recipients = _unpack(item)
+                envelope, source, _ = prepare_submission(
+                    message, self.session, sender=sender, recipients=recipients
+                )
+            except (MessageError, SmtpError) as exc:
+                self.results[index] = exc
+                continue
+            try:
+                self.results[index] = yield from self.session.send_message(envelope, source)
+            except SmtpError as exc:
+                self.results[index] = exc
+                if self.session.closed:
+                    raise  # the rest cannot go on this connection
+
+    def _data_stream(self, items: Iterator[Any]) -> Flow[None]:
+        """PIPELINING without CHUNKING: one write and one round trip per message."""
+        carry, carry_txn = b"", None  # the previous message's end, written with the next envelope
+        txn = self._next(items)
+        while txn is not None:
+            head = self._envelope(txn, data_command=True)
+            yield from self._write(carry + head, carry_txn, at_tail=False)
+            carry, carry_txn = b"", None
+            # While the server answers: this message's first data and the next message.
+            pieces = self._data_pieces(txn)
+            piece = next(pieces)
+            following = self._next(items)
+            while txn.data is None:
+                yield from self._receive(block=True)
+            if not self.slots:
+                self.session._check_unsolicited("data")  # nothing may answer the data early
+            if txn.data.code == 354 and self._envelope_ok(txn):
+                for more in pieces:
+                    yield from self._write(piece, None)
+                    piece = more
+                self.core.send_data_end()
+                transcript.debug("C: <message data: %d octets>", txn.size)
+                transcript.debug("C: .")
+                self._slot(txn, "end")
+                carry, carry_txn = piece, txn
+            elif txn.data.code == 354:
+                # A 354 with nobody to deliver to gets an empty message that the server
+                # must refuse; the body is never sent.
+                self.core.send_data_end()
+                self._slot(txn, "void")
+                carry = b".\r\n"
+                self.dirty = True  # the refused transaction may still be open
+            txn.complete = True
+            self._settle_if_done(txn)
+            txn = following
+        if carry:
+            yield from self._write(carry, carry_txn, at_tail=True)
+
+    def _bdat_stream(self, items: Iterator[Any]) -> Flow[None]:
+        """CHUNKING: whole transactions in one write each, up to the window in flight."""
+        for item in items:
+            txn = self._start(item)
+            if txn is None:
+                continue
+            if self._window_full(txn, 1):
+                # Wait until half the window is free: the next writes then go out back to
+                # back, and a slow server costs one wake-up per half window, not per message.
+                while self.inflight and self._window_full(txn, 2):
+                    yield from self._receive(block=True)
+            else:
+                yield from self._receive(block=False)
+            pending = self._envelope(txn, data_command=False)
+            self.inflight.append(txn)
+            self.inflight_bytes += txn.envelope.size
+            for piece, last in self._bdat_pieces(txn):
+                argument = f"{len(piece)} LAST" if last else str(len(piece))
+                header = self.core.send(Command("BDAT", argument, "data"))
+                transcript.debug("C: <message data: %d octets>", len(piece))
+                self._slot(txn, "end" if last else "chunk")
+                txn.complete = last
+                yield from self._write(pending + header + piece, txn if last else None)
+                pending = b""
+                if last:
+                    break
+                yield from self._receive(block=False)
+                if txn.chunk_error is not None or not self._envelope_ok(txn, partial=True):
+                    # RFC 3030: no more chunks after a refused one. The transaction ends
+                    # without its LAST; every reply in, the core knows it is over.
+                    txn.complete = True
+                    self.dirty = True
+                    while self.slots:
+                        yield from self._receive(block=True)
+                    self._settle_if_done(txn)
+                    break
+
+    def _window_full(self, txn: _Txn, divisor: int) -> bool:
+        """Whether ``txn`` would not fit in the window (``divisor`` 2: in half of it)."""
+        owed = len(txn.envelope.recipients) + 3
+        return bool(self.inflight) and (
+            len(self.inflight) >= self.window // divisor
+            or self.inflight_bytes + txn.envelope.size > self.window_bytes // divisor
+            or len(self.slots) + owed > MAX_REPLIES_OWED // divisor
+        )
+
+    def _finish(self) -> Flow[None]:
+        """Every reply in; then nothing more may have come (a reply too many)."""
+        while self.slots:
+            yield from self._receive(block=True)
+        extra = self.core.has_buffered
+        if not extra:
+            data = yield Receive("mail", poll=True)
+            extra = bool(data)
+            if data:
+                self.core.receive_data(data)
+        if extra:
+            raise ProtocolError(
+                "the server sent more replies than commands were sent", stage="data"
+            )
+
+    # -- transactions ----------------------------------------------------------------
+
+    def _new_index(self) -> int:
+        self.results.append(None)
+        return len(self.results) - 1
+
+    def _start(self, item: Any) -> _Txn | None:
+        """Prepare one message; a bad one becomes its own outcome, nothing of it sent."""
+        index = self._new_index()
+        try:
+            message, sender, recipients = _unpack(item)
+            envelope, source, _ = prepare_submission(
+                message, self.session, sender=sender, recipients=recipients
+            )
+            self.session.check_envelope(envelope)
+        except (MessageError, SmtpError) as exc:
+            self.results[index] = exc
+            return None
+        txn = _Txn(index, envelope, source)
+        self.started.append(txn)
+        return txn
+
+    def _next(self, items: Iterator[Any]) -> _Txn | None:
+        """The next message that can be sent; bad ones before it get their outcome."""
+        for item in items:
+            txn = self._start(item)
+            if txn is not None:
+                return txn
+        return None
+
+    def _envelope(self, txn: _Txn, *, data_command: bool) -> bytes:
+        """[RSET] MAIL RCPT... [DATA] for one message, registered in order."""
+        commands: list[tuple[Command, str]] = []
+        if not self.slots:
+            self.session._check_unsolicited("mail")  # a reply too many, already here
+        if self.dirty or (self.chunking and self.inflight):
+            commands.append((Command("RSET", "", "mail"), "rset"))
+            self.dirty = False
+        caps, envelope = self.session.capabilities, txn.envelope
+        commands.append((mail_command(envelope, caps), "mail"))
+        commands += [(rcpt_command(envelope, r, caps), "rcpt") for r in envelope.recipients]
+        if data_command:
+            commands.append((Command("DATA", "", "data"), "data"))
+        out = []
+        for command, kind in commands:
+            out.append(self.core.send(command))
+            self._slot(txn, kind)
+        return b"".join(out)
+
+    def _slot(self, txn: _Txn, kind: str) -> None:
+        self.slots.append(_Slot(txn, kind))
+        txn.pending += 1
+
+    def _data_pieces(self, txn: _Txn) -> Iterator[bytes]:
+        """The DATA payload in writes of about WRITE_BATCH octets; the last ends with the dot."""
+        encoder = DataEncoder()
+        pending: list[bytes] = []
+        size = 0
+        for chunk in _take_source(txn)():
+            out = encoder.feed(chunk)
+            if out:
+                pending.append(out)
+                size += len(out)
+            if size >= WRITE_BATCH:
+                yield b"".join(pending)
+                pending, size = [], 0
+        pending.append(encoder.end())
+        txn.size = encoder.octets
+        yield b"".join(pending)
+
+    def _bdat_pieces(self, txn: _Txn) -> Iterator[tuple[bytes, bool]]:
+        """BDAT chunks of at most BDAT_CHUNK octets, the last one flagged."""
+        normalizer = LineEndingNormalizer()
+        pending = bytearray()
+        for chunk in _take_source(txn)():
+            pending += normalizer.feed(chunk)
+            while len(pending) >= BDAT_CHUNK:
+                piece = bytes(pending[:BDAT_CHUNK])
+                del pending[:BDAT_CHUNK]
+                txn.size += len(piece)
+                yield piece, False
+        pending += normalizer.flush()
+        txn.size += len(pending)
+        yield bytes(pending), True
+
+    def _write(self, data: bytes, ends: _Txn | None, *, at_tail: bool = True) -> Flow[None]:
+        """Write; ``ends`` is the message whose end of data is in ``data``.
+
+        When the write fails, the system may have taken any prefix of it: an end
+        followed by other bytes may have gone out (unknown), one at the very tail
+        cannot have.
+        """
+        if ends is not None and not at_tail:
+            ends.end = MAYBE_WRITTEN
+        yield Send(data, "data")
+        if ends is not None:
+            ends.end = WRITTEN
+
+    # -- replies ---------------------------------------------------------------------
+
+    def _receive(self, *, block: bool) -> Flow[None]:
+        """Take every reply already here; if ``block``, wait until at least one came."""
+        core = self.core
+        while self.slots:
+            if self._take_buffered():
+                return
+            if block:
+                stage = _STAGE.get(self.slots[0].kind, "data")
+                data = yield Receive(stage, not core.has_buffered)
+            else:
+                data = yield Receive("data", poll=True)
+                if not data:
+                    return
+            core.receive_data(data)
+            if not block:
+                self._take_buffered()
+                return
+
+    def _take_buffered(self) -> bool:
+        took = False
+        while self.slots:
+            try:
+                reply = self.core.next_reply()
+            except ProtocolError as exc:
+                exc.stage = exc.stage or "data"
+                raise
+            if reply is None:
+                break
+            self._take(self.slots.popleft(), reply)
+            took = True
+        return took
+
+    def _take(self, slot: _Slot, reply: Reply) -> None:
+        txn, kind = slot.txn, slot.kind
+        stage = _STAGE.get(kind, "data")
+        if reply.code == 421:
+            self.closing = txn
+            raise ServerDisconnected(
+                "the server is closing the connection", reply=reply, stage=stage
+            )
+        self._check(kind, reply, stage)
+        txn.pending -= 1
+        if kind == "rset":
+            if not 200 <= reply.code < 300:
+                raise ProtocolError("the server refused RSET", reply=reply, stage=stage)
+        elif kind == "mail":
+            txn.mail = reply
+            if self.enhanced and reply.enhanced and 200 <= reply.code < 300:
+                self.unconfirmed.clear()  # an address code where one belongs: in step
+        elif kind == "rcpt":
+            txn.rcpts.append(reply)
+        elif kind == "data":
+            txn.data = reply
+            if reply.code == 354:
+                self.unconfirmed.clear()  # the one reply that only DATA gets: in step
+        elif kind == "chunk":
+            if reply.code >= 400 and txn.chunk_error is None:
+                txn.chunk_error = reply
+        elif kind == "end":
+            txn.final = reply
+        self._settle_if_done(txn)
+
+    def _check(self, kind: str, reply: Reply, stage: str) -> None:
+        """Refuse a reply that cannot answer the command it is matched to."""
+        code = reply.code
+        fits = (code == 354 or code >= 400) if kind == "data" else not 300 <= code < 400
+        if fits and self.enhanced and reply.enhanced and 200 <= code < 300:
+            addressing = reply.enhanced.startswith("2.1.")
+            fits = addressing if kind in ("mail", "rcpt") else not addressing
+        if not fits:
+            raise ProtocolError(
+                f"the reply {reply} does not fit the {kind.upper()} it was matched to: the "
+                "server answered out of order or more than once",
+                reply=reply,
+                stage=stage,
+            )
+
+    def _envelope_ok(self, txn: _Txn, *, partial: bool = False) -> bool:
+        """Whether MAIL and at least one RCPT were accepted (``partial``: not refused yet)."""
+        if txn.mail is not None and not 200 <= txn.mail.code < 300:
+            return False
+        if partial and len(txn.rcpts) < len(txn.envelope.recipients):
+            return True
+        return any(200 <= r.code < 300 for r in txn.rcpts)
+
+    def _settle_if_done(self, txn: _Txn) -> None:
+        if not txn.complete or txn.pending or self.results[txn.index] is not None:
+            return
+        outcome = self._outcome(txn)
+        self.results[txn.index] = outcome
+        self.unconfirmed.append(txn.index)
+        if self.started and self.started[0] is txn:
+            self.started.popleft()
+        if txn in self.inflight:
+            self.inflight.remove(txn)
+            self.inflight_bytes -= txn.envelope.size
+        if not isinstance(outcome, SubmitResult) and (self.chunking or txn.final is None):
+            self.dirty = True
+
+    def _outcome(self, txn: _Txn) -> Outcome:
+        recipients = txn.envelope.recipients
+        accepted, refused = sort_recipients(recipients, txn.rcpts)
+        for recipient, reply in zip(recipients, txn.rcpts, strict=False):
+            if recipient not in accepted and recipient not in refused:
+                refused[recipient] = reply  # deferred (452): not sent again in a stream
+        mail = txn.mail or Reply(503, "no reply to MAIL")
+        failure = envelope_failure(txn.envelope, mail, accepted, refused)
+        if failure is not None:
+            return failure
+        if txn.data is not None and txn.data.code != 354:
+            return DataRefused("the server refused DATA", reply=txn.data, stage="data")
+        if txn.chunk_error is not None or txn.final is None:
+            return DataRefused(
+                "the server refused a BDAT chunk", reply=txn.chunk_error, stage="data"
+            )
+        if not 200 <= txn.final.code < 300:
+            return DataRefused("the server refused the message", reply=txn.final, stage="data")
+        envelope = txn.envelope
+        return SubmitResult(
+            envelope.message_id, envelope.sender, accepted, refused, txn.final, txn.size
+        )
+
+    # -- failures --------------------------------------------------------------------
+
+    def _lost(self, cause: SmtpError, items: Iterator[Any]) -> None:
+        """The connection is gone: each message in flight by how far its end got."""
+        for txn in list(self._unsettled()):
+            self.results[txn.index] = self._lost_outcome(txn, cause)
+        for index, outcome in enumerate(self.results):
+            if outcome is None:
+                self.results[index] = _never_started(cause)
+        for _ in items:
+            self.results.append(_never_started(cause))
+
+    def _unsettled(self) -> Iterator[_Txn]:
+        """Messages started and without an outcome, oldest first."""
+        return (txn for txn in self.started if self.results[txn.index] is None)
+
+    def _lost_outcome(self, txn: _Txn, cause: SmtpError) -> Outcome:
+        if txn.mail is not None and not self._envelope_ok(txn, partial=True):
+            return self._outcome(txn)  # already refused: whatever followed was discarded
+        if txn is self.closing:
+            return _error(ServerDisconnected, "the server closed the connection (421)", cause)
+        if txn.end != NOT_WRITTEN:
+            return _error(
+                DeliveryStatusUnknown,
+                "the connection was lost after the end of the message data was sent and "
+                "before the server answered: the message may or may not have been accepted "
+                "(retrying can deliver it twice)",
+                cause,
+            )
+        return _error(
+            ServerDisconnected,
+            "the connection was lost before the message data was completely sent; "
+            "nothing was delivered (safe to retry)",
+            cause,
+        )
+
+    def _desync(self, cause: ProtocolError, items: Iterator[Any]) -> None:
+        """Replies no longer match commands: nothing since the last proof is trusted."""
+        suspect = set(self.unconfirmed)
+        for index, outcome in enumerate(self.results):
+            if outcome is None or index in suspect:
+                self.results[index] = _error(ProtocolError, str(cause), cause)
+        for _ in items:
+            self.results.append(_error(ProtocolError, str(cause), cause))
+
+
+def _take_source(txn: _Txn) -> Source:
+    """The message's byte source, once: the stream keeps no body after it is written."""
+    source, txn.source = txn.source, None
+    if source is None:  # pragma: no cover - a message's data is only written once
+        raise RuntimeError("the message data was already written")
+    return source
+
+
+def _error(kind: type[SmtpError], message: str, cause: SmtpError) -> SmtpError:
+    error = kind(message, reply=cause.reply, stage=cause.stage)
+    error.__cause__ = cause
+    return error
+
+
+def _never_started(cause: SmtpError | None) -> SmtpError:
+    error = ServerDisconnected(
+        "not sent: the connection was lost before this message was started (safe to retry)",
+        stage=cause.stage if cause is not None else "mail",
+    )
+    error.__cause__ = cause
+    return error
+
+
+def _unpack(item: Any) -> tuple[Any, str | None, Any]:
+    """A Message, a (raw, sender, recipients) tuple, or an object with those attributes."""
+    if hasattr(item, "prepare") and hasattr(item, "needs_smtputf8"):
+        return item, None, None
+    if isinstance(item, tuple):
+        if len(item) != 3:
+            raise MessageError("a ready message is a (raw, sender, recipients) tuple")
+        return item[0], item[1], item[2]
+    if all(hasattr(item, name) for name in ("raw", "sender", "recipients")):
+        return item.raw, item.sender, item.recipients
+    raise MessageError(
+        "send_many takes Message objects, (raw, sender, recipients) tuples or objects with "
+        f".raw, .sender and .recipients, not {type(item).__name__}"
+    )
