@@ -61,7 +61,7 @@ from smtpsubmit.protocol import Command, DataEncoder, LineEndingNormalizer, Stat
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.session import BDAT_CHUNK, WRITE_BATCH, Flow, Receive, Send, Session
-from smtpsubmit.submit import Source, prepare_submission
+from smtpsubmit.prepare import Source, prepare_submission
 from smtpsubmit.transaction import envelope_failure, mail_command, rcpt_command, sort_recipients
 
 __all__ = ["WINDOW", "WINDOW_BYTES", "Outcome", "send_many_flow"]
@@ -174,7 +174,7 @@ class _Stream:
             index = self._new_index()
             try:
                 message, sender, recipients = _unpack(item)
-                envelope, source, _ = prepare_submission(
+                envelope, source = prepare_submission(
                     message, self.session, sender=sender, recipients=recipients
                 )
             except (MessageError, SmtpError) as exc:
@@ -297,7 +297,7 @@ class _Stream:
         index = self._new_index()
         try:
             message, sender, recipients = _unpack(item)
-            envelope, source, _ = prepare_submission(
+            envelope, source = prepare_submission(
                 message, self.session, sender=sender, recipients=recipients
             )
             self.session.check_envelope(envelope)

@@ -269,7 +269,8 @@ class Client(_Base):
         object with those attributes. Errors are returned in place, never raised:
         see "Sending many messages" in the docs for the failure split.
         """
-        return self._run(self._many_flow(messages, window, window_bytes))
+        with self._exclusive("send_many"):
+            return self._run(self._many_flow(messages, window, window_bytes))
 
     def verify(self, address: str) -> Reply:
         """VRFY: the server's reply as it is (252 means "cannot verify, will try")."""
@@ -419,7 +420,8 @@ class AsyncClient(_Base):
         window_bytes: int = WINDOW_BYTES,
     ) -> list[Outcome]:
         """Send many messages on this connection; see :meth:`Client.send_many`."""
-        return await self._run(self._many_flow(messages, window, window_bytes))
+        with self._exclusive("send_many"):
+            return await self._run(self._many_flow(messages, window, window_bytes))
 
     async def verify(self, address: str) -> Reply:
         with self._exclusive("verify"):
