@@ -15,6 +15,7 @@ from smtpsubmit.errors import (
     ExtensionUnavailable,
     MessageError,
     MessageTooLarge,
+    PoolTimeout,
     ProtocolError,
     RecipientsRefused,
     SenderRefused,
@@ -24,6 +25,8 @@ from smtpsubmit.errors import (
     TlsError,
 )
 from smtpsubmit.message import Attachment, Encoding, Message
+from smtpsubmit.pool import AsyncPool, Pool
+from smtpsubmit.ratelimit import RateLimit
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Option, Server
@@ -45,6 +48,7 @@ __all__ = [
     "AsyncClient",
     "AsyncFileTransport",
     "AsyncMemoryTransport",
+    "AsyncPool",
     "AsyncTransport",
     "Attachment",
     "AuthError",
@@ -61,8 +65,11 @@ __all__ = [
     "MessageError",
     "MessageTooLarge",
     "Option",
+    "Pool",
+    "PoolTimeout",
     "Progress",
     "ProtocolError",
+    "RateLimit",
     "RecipientsRefused",
     "Reply",
     "SenderRefused",
