@@ -45,9 +45,7 @@ def max_in_window(grants: list[tuple[float, int]], per: float, *, weighted: bool
     """The most units granted in any half-open window [t, t + per)."""
     best = 0
     for j, (tj, _) in enumerate(grants):
-        total = sum(
-            (cost if weighted else 1) for ti, cost in grants[: j + 1] if tj - ti < per
-        )
+        total = sum((cost if weighted else 1) for ti, cost in grants[: j + 1] if tj - ti < per)
         best = max(best, total)
     return best
 
