@@ -45,6 +45,7 @@ from tests.servers.fakesmtp import (
     Step,
     ehlo_reply,
 )
+from tests.servers.postfix import ANVIL_MESSAGES, CATCHALL, PostfixServer
 
 __all__ = ["POOL_DRIVERS"]
 
@@ -259,7 +260,7 @@ def test_bad_pool_arguments_are_refused(counted: tuple[Server, Counting]) -> Non
 GREET = [Send(b"220 fake ESMTP\r\n"), Expect(rb"EHLO .*"), Send(ehlo_reply("8BITMIME"))]
 
 
-def one_message() -> list[Step]:
+def one_message(delay: float = 0.0) -> list[Step]:
     return [
         Expect(rb"MAIL FROM:.*"),
         Send(b"250 ok\r\n"),
@@ -268,6 +269,7 @@ def one_message() -> list[Step]:
         Expect(rb"DATA"),
         Send(b"354 go\r\n"),
         ReadData(),
+        Delay(delay),
         Send(b"250 2.0.0 queued\r\n"),
     ]
 
@@ -308,8 +310,8 @@ def test_n9_every_idle_connection_stale_message_sent_once(
     """Several idle connections all closed by the server: one retry, on a new connection."""
 
     def script(index: int) -> list[Step]:
-        if index < 3:
-            return [*GREET, *one_message(), Close()]
+        if index < 3:  # slow enough that the three warm-up sends overlap
+            return [*GREET, *one_message(0.3), Close()]
         return [Responder()]
 
     fake = fake_smtp(script)
@@ -427,3 +429,60 @@ def test_delivery_status_unknown_is_never_retried(
     [result] = pools.run(fake_server(fake), [("send_many", make_messages(1))])
     assert isinstance(result[0], DeliveryStatusUnknown)
     assert fake.connections == 1
+
+
+# --------------------------------------------------------------------- real Postfix anvil
+
+
+def test_postfix_anvil_limits_every_message_delivered_exactly_once(
+    pools: Pools, postfix: PostfixServer
+) -> None:
+    """More messages, recipients and connections than anvil allows per time unit: the pool
+    slows down by itself on 421/450 "too many"/"too much" and finishes with each message
+    delivered once."""
+    count = 3 * ANVIL_MESSAGES
+    tag = f"anvil-{pools.name}-{time.monotonic_ns()}"
+    messages = [
+        Message(
+            sender="a@example.org",
+            to=[f"r{i}@example.org"] + ([f"s{i}@example.org"] if i % 5 == 0 else []),
+            subject=f"{tag}-{i}",
+            text="x",
+        )
+        for i in range(count)
+    ]
+    server = Server(postfix.host, port=postfix.anvil, timeout=10, options=Option.EXTENDED)
+    started = time.monotonic()
+    [results] = pools.run(
+        server,
+        [("send_many", messages)],
+        max_connections=3,
+        max_messages_per_connection=4,  # more connections than anvil allows per unit
+    )
+    elapsed = time.monotonic() - started
+    assert all(isinstance(r, SubmitResult) and not r.refused for r in results), [
+        r for r in results if not isinstance(r, SubmitResult) or r.refused
+    ]
+    assert elapsed < 30
+    hit = [
+        line
+        for line in postfix.maillog().splitlines()
+        if "rate limit exceeded" in line and line.endswith(f"127.0.0.1:{postfix.anvil}")
+    ]
+    assert any("Message delivery request" in line for line in hit)  # the limits really hit
+    assert any("Connection rate" in line for line in hit)
+    ids = {r.message_id for r in results}
+    deadline = time.monotonic() + 15
+    while True:
+        seen = Counter(
+            m.group(1).decode()
+            for raw in postfix.maildir_messages(CATCHALL)
+            if (m := MESSAGE_ID.search(raw)) and m.group(1).decode() in ids
+        )
+        expected = sum(2 if i % 5 == 0 else 1 for i in range(count))  # one copy per recipient
+        if sum(seen.values()) >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sum(seen.values()) == expected
+    for i, result in enumerate(results):
+        assert seen[result.message_id] == (2 if i % 5 == 0 else 1)

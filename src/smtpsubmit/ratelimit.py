@@ -234,6 +234,10 @@ class RateLimit:
         with self._lock:
             return self._core.signal(self._clock(), granted_at)
 
+    def now(self) -> float:
+        """This limit's clock (what ``granted_at`` values are measured on)."""
+        return self._clock()
+
     @property
     def slowdown(self) -> int:
         """The current divisor of every limit (1 when not slowed down)."""

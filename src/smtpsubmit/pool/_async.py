@@ -133,6 +133,7 @@ class AsyncPool:
     async def _work_loop(self, jobs: Jobs) -> None:
         connect_refusals = 0
         while jobs.queued():
+            attempt_at = self._limit.now()
             try:
                 conn = await self._checkout(jobs.wants_fresh())
             except PoolTimeout as exc:
@@ -142,7 +143,7 @@ class AsyncPool:
             except SmtpError as exc:  # could not connect
                 if is_rate_refusal(exc.reply) and connect_refusals < self.config.rate_retries:
                     connect_refusals += 1
-                    self._limit.slow_down()
+                    self._limit.slow_down(attempt_at)
                     continue
                 for job in jobs.take(1, fresh=True):
                     jobs.finish(job, exc)

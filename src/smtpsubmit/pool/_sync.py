@@ -166,6 +166,7 @@ class Pool:
                 if not jobs.queued():
                     return
                 fresh = jobs.wants_fresh()
+            attempt_at = self._limit.now()
             try:
                 conn = self._checkout(fresh)
             except PoolTimeout as exc:
@@ -176,7 +177,7 @@ class Pool:
             except SmtpError as exc:  # could not connect
                 if is_rate_refusal(exc.reply) and connect_refusals < self.config.rate_retries:
                     connect_refusals += 1
-                    self._limit.slow_down()
+                    self._limit.slow_down(attempt_at)
                     continue
                 with lock:
                     for job in jobs.take(1, fresh=True):
