@@ -46,6 +46,7 @@ from tests.servers.fakesmtp import (
     ehlo_reply,
 )
 from tests.servers.postfix import ANVIL_MESSAGES, CATCHALL, PostfixServer
+from tests.test_readme import python_blocks
 
 __all__ = ["POOL_DRIVERS"]
 
@@ -486,3 +487,13 @@ def test_postfix_anvil_limits_every_message_delivered_exactly_once(
     assert sum(seen.values()) == expected
     for i, result in enumerate(results):
         assert seen[result.message_id] == (2 if i % 5 == 0 else 1)
+
+
+def test_readme_pool_example_runs(counted: tuple[Server, Counting]) -> None:
+    """README's "Many messages" block, as written, against aiosmtpd."""
+    server, handler = counted
+    [block] = python_blocks("Many messages: pools and rate limits")
+    namespace: dict[str, Any] = {"server": server, "messages": make_messages(5)}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert all(isinstance(r, SubmitResult) for r in namespace["results"])
+    assert len(handler.received) == 5
