@@ -75,6 +75,7 @@ class Counting:
 
     refuse: set[str] = field(default_factory=set)
     received: list[tuple[int, bytes]] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     sessions: Iterator[int] = field(default_factory=itertools.count)
 
@@ -90,6 +91,7 @@ class Counting:
         if not hasattr(session, "pool_test_id"):
             session.pool_test_id = next(self.sessions)  # type: ignore[attr-defined]
         with self.lock:
+            self.stamps.append(time.monotonic())
             self.received.append(
                 (session.pool_test_id, bytes(envelope.original_content or b""))  # type: ignore[attr-defined]
             )
@@ -235,6 +237,41 @@ def test_connection_reused_after_a_refusal_and_rset(
     assert isinstance(results[2], SubmitResult)
     assert len(handler.per_session()) == 1  # clean after RSET: the same connection
     assert "open=1 idle=1" in results[3]
+
+
+def test_shared_rate_limit_holds_on_the_server_side(
+    pools: Pools, counted: tuple[Server, Counting]
+) -> None:
+    server, handler = counted
+    limit = RateLimit(5, 0.5)
+    started = time.monotonic()
+    [results] = pools.run(
+        server, [("send_many", make_messages(16))], max_connections=4, rate_limit=limit
+    )
+    assert all(isinstance(r, SubmitResult) for r in results)
+    assert time.monotonic() - started >= 1.4  # 16 messages at 5 per 0.5 s: three refills
+    stamps = sorted(handler.stamps)
+    # Arrival can only spread grants out, except for scheduling jitter (a few ms).
+    assert all(stamps[k + 5] - stamps[k] >= 0.5 - 0.1 for k in range(len(stamps) - 5))
+
+
+def test_ready_message_with_envelope_keywords(
+    pools: Pools, counted: tuple[Server, Counting]
+) -> None:
+    server, handler = counted
+    raw = b"From: a@example.org\r\nMessage-ID: <kw-1@example.org>\r\n\r\nx\r\n"
+    results = pools.run(
+        server,
+        [
+            ("send", raw, {"sender": "a@example.org", "recipients": ["b@example.org"]}),
+            ("send", raw),
+            ("send_many", [object()]),
+        ],
+    )
+    assert isinstance(results[0], SubmitResult) and results[0].message_id == "kw-1@example.org"
+    assert isinstance(results[1], MessageError)  # a ready message needs its envelope
+    assert isinstance(results[2][0], MessageError)
+    assert handler.ids() == [b"kw-1@example.org"]
 
 
 def test_repr_shows_counts_and_never_the_password(counted: tuple[Server, Counting]) -> None:
