@@ -274,6 +274,13 @@ def test_ready_message_with_envelope_keywords(
     assert handler.ids() == [b"kw-1@example.org"]
 
 
+def test_empty_input_opens_no_connection(pools: Pools, counted: tuple[Server, Counting]) -> None:
+    server, _ = counted
+    results = pools.run(server, [("send_many", []), ("send_many", iter(())), ("repr",)])
+    assert results[:2] == [[], []]
+    assert "open=0" in results[2]
+
+
 def test_repr_shows_counts_and_never_the_password(counted: tuple[Server, Counting]) -> None:
     server, _ = counted
     secret = Server("127.0.0.1", "alice", "S3cr3t-CANARY", port=server.port)

@@ -101,9 +101,12 @@ class AsyncPool:
         size = len(messages) if isinstance(messages, Sized) else self.config.max_connections
         workers = max(1, min(self.config.max_connections, size))
         jobs = Jobs(messages, workers)
-        async with asyncio.TaskGroup() as group:
-            for _ in range(workers):
-                group.create_task(self._work(jobs))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(self._work(jobs))
+        except BaseExceptionGroup as failed:  # not a server fault: raise it as it was
+            raise failed.exceptions[0] from None
         return jobs.outcomes()
 
     async def close(self) -> None:

@@ -225,7 +225,12 @@ class Jobs:
         return jobs
 
     def queued(self) -> bool:
-        return bool(self._retry) or self._source is not None
+        """Whether a job is waiting (reads ahead one item, so an empty input opens nothing)."""
+        while not self._retry and self._source is not None:
+            job = self._next()
+            if job is not None:
+                self._retry.append(job)
+        return bool(self._retry)
 
     def wants_fresh(self) -> bool:
         return any(job.needs_fresh for job in self._retry)
