@@ -541,3 +541,25 @@ def test_readme_pool_example_runs(counted: tuple[Server, Counting]) -> None:
     exec(compile(block, "README.md", "exec"), namespace)
     assert all(isinstance(r, SubmitResult) for r in namespace["results"])
     assert len(handler.received) == 5
+
+
+def test_connection_not_returned_when_rset_fails(
+    pools: Pools, fake_smtp: Callable[..., FakeSMTP]
+) -> None:
+    """Clean-return rule: a refusal whose RSET is refused leaves the session unclean, so the
+    connection is closed and the next message goes on a new one."""
+    first = Responder(
+        replies={"MAIL": b"550 5.7.1 sender refused", "RSET": b"500 5.5.1 no reset for you"}
+    )
+    fake = fake_smtp(lambda i: [first if i == 0 else Responder()], check=False)
+    one, two = make_messages(2)
+    results = pools.run(fake_server(fake), [("send", one), ("send", two), ("repr",)])
+    assert isinstance(results[0], SmtpError) and results[0].reply is not None
+    assert results[0].reply.code == 550
+    assert isinstance(results[1], SubmitResult)
+    assert fake.connections == 2
+    assert data_ids(fake) == [results[1].message_id.encode()]
+    assert "open=1 idle=1" in results[2]
+    fake.join()
+    # The broken session is dropped without another command (not even QUIT).
+    assert fake.errors == ["conn#0: connection closed by client while waiting for a command"]
