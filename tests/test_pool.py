@@ -19,6 +19,8 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from smtpsubmit import (
+    AsyncPool,
+    AsyncTransport,
     DeliveryStatusUnknown,
     Message,
     MessageError,
@@ -30,6 +32,7 @@ from smtpsubmit import (
     Server,
     SmtpError,
     SubmitResult,
+    Transport,
 )
 from smtpsubmit.errors import DataRefused
 from tests.pool_drivers import POOL_DRIVERS, AsyncPools, SyncPools
@@ -563,3 +566,12 @@ def test_connection_not_returned_when_rset_fails(
     fake.join()
     # The broken session is dropped without another command (not even QUIT).
     assert fake.errors == ["conn#0: connection closed by client while waiting for a command"]
+
+
+def test_pools_are_transports(counted: tuple[Server, Counting]) -> None:
+    """Contract §11: application code can take any Transport; a pool is one."""
+    server, _ = counted
+    pool: Transport = Pool(server)
+    apool: AsyncTransport = AsyncPool(server)
+    assert isinstance(pool, Transport)
+    assert isinstance(apool, AsyncTransport)
