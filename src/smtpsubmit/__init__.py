@@ -16,6 +16,7 @@ from smtpsubmit.errors import (
     ExtensionUnavailable,
     MessageError,
     MessageTooLarge,
+    PoolTimeout,
     ProtocolError,
     RecipientsRefused,
     SenderRefused,
@@ -25,7 +26,9 @@ from smtpsubmit.errors import (
     TlsError,
 )
 from smtpsubmit.message import Attachment, Encoding, Message
+from smtpsubmit.pool import AsyncPool, Pool
 from smtpsubmit.protocol import Capabilities
+from smtpsubmit.ratelimit import RateLimit
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Option, Server
@@ -47,6 +50,7 @@ __all__ = [
     "AsyncClient",
     "AsyncFileTransport",
     "AsyncMemoryTransport",
+    "AsyncPool",
     "AsyncTransport",
     "Attachment",
     "AuthError",
@@ -65,8 +69,11 @@ __all__ = [
     "MessageError",
     "MessageTooLarge",
     "Option",
+    "Pool",
+    "PoolTimeout",
     "Progress",
     "ProtocolError",
+    "RateLimit",
     "RecipientsRefused",
     "Reply",
     "SenderRefused",

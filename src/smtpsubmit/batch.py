@@ -57,11 +57,11 @@ from smtpsubmit.errors import (
     ServerDisconnected,
     SmtpError,
 )
+from smtpsubmit.prepare import Source, prepare_submission
 from smtpsubmit.protocol import Command, DataEncoder, LineEndingNormalizer, State
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.session import BDAT_CHUNK, WRITE_BATCH, Flow, Receive, Send, Session
-from smtpsubmit.prepare import Source, prepare_submission
 from smtpsubmit.transaction import envelope_failure, mail_command, rcpt_command, sort_recipients
 
 __all__ = ["WINDOW", "WINDOW_BYTES", "Outcome", "send_many_flow"]

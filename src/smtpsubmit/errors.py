@@ -26,6 +26,7 @@ __all__ = [
     "ExtensionUnavailable",
     "MessageError",
     "MessageTooLarge",
+    "PoolTimeout",
     "ProtocolError",
     "RecipientsRefused",
     "SenderRefused",
@@ -156,6 +157,15 @@ class DeliveryStatusUnknown(SmtpError):
     been accepted, so a retry can deliver it twice."""
 
     temporary_default = True
+
+
+class PoolTimeout(SmtpError):
+    """No pooled connection became free within the pool's ``acquire_timeout``."""
+
+    temporary_default = True
+
+    def __init__(self, message: str, *, stage: str | None = "connect") -> None:
+        super().__init__(message, stage=stage)
 
 
 class MessageError(ValueError):

@@ -25,6 +25,12 @@ Ports (all on 127.0.0.1; attribute names of :class:`PostfixServer`):
 ``strict8bit``    like ``plain`` with ``strict_8bitmime = yes`` (through its own cleanup service):
                   8-bit data in headers, or in a body without MIME
                   ``Content-Transfer-Encoding: 8bit``, gets 550 5.6.0 even with BODY=8BITMIME
+``anvil``         like ``plain`` with anvil rate limits that apply to loopback too:
+                  ``ANVIL_MESSAGES`` messages (450 4.7.1 "too much mail"),
+                  ``ANVIL_RECIPIENTS`` recipients (450 4.7.1 "too many recipients") and
+                  ``ANVIL_CONNECTIONS`` connections (421 4.7.0 "too many connections") per
+                  ``ANVIL_TIME_UNIT`` (anvil's time unit, shortened for every port; no other
+                  port has a rate limit)
 
 Recipients: ``alice|bob|carol|dave@example.test`` are Maildir users, any ``@example.org`` goes
 to the ``catchall`` Maildir, other ``@example.test`` users get 550 5.1.1, any ``@capture.test``
@@ -71,7 +77,13 @@ PORT_NAMES = (
     "size_limited",
     "nochunking",
     "strict8bit",
+    "anvil",
 )
+
+ANVIL_TIME_UNIT = 2  # seconds
+ANVIL_MESSAGES = 10
+ANVIL_RECIPIENTS = 14
+ANVIL_CONNECTIONS = 4
 
 # master.cf -o overrides per port. The base main.cf has TLS `may` and SASL off.
 _AFTER_TLS_AUTH = ("smtpd_sasl_auth_enable=yes", "smtpd_tls_auth_only=yes")
@@ -91,6 +103,13 @@ PORT_OPTIONS: dict[str, tuple[str, ...]] = {
     ),
     # strict_8bitmime is enforced by cleanup(8), not smtpd: route through a strict cleanup.
     "strict8bit": ("cleanup_service_name=cleanup8", *_AFTER_TLS_AUTH),
+    "anvil": (
+        "smtpd_client_event_limit_exceptions=",
+        f"smtpd_client_message_rate_limit={ANVIL_MESSAGES}",
+        f"smtpd_client_recipient_rate_limit={ANVIL_RECIPIENTS}",
+        f"smtpd_client_connection_rate_limit={ANVIL_CONNECTIONS}",
+        *_AFTER_TLS_AUTH,
+    ),
 }
 
 MAIN_CF = """\
@@ -168,6 +187,7 @@ retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
 virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
+  -o anvil_rate_time_unit={anvil_unit}s
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 capture   unix  -       n       n       -       -       pipe
@@ -305,6 +325,7 @@ class PostfixServer:
     size_limited: int
     nochunking: int
     strict8bit: int
+    anvil: int
     host: str = "127.0.0.1"
     hostname: str = HOSTNAME
     size_limit: int = SIZE_LIMIT
@@ -451,7 +472,7 @@ def _check_installed() -> None:
 def _write_configs(root: Path, ports: dict[str, int]) -> None:
     conf = root / "conf"
     (conf / "main.cf").write_text(MAIN_CF.format(root=root, hostname=HOSTNAME, uid=DELIVERY_UID))
-    master_cf = [MASTER_CF_HEAD.format(root=root)]
+    master_cf = [MASTER_CF_HEAD.format(root=root, anvil_unit=ANVIL_TIME_UNIT)]
     for name in PORT_NAMES:
         master_cf.append(f"# {name}\n127.0.0.1:{ports[name]} inet n - n - - smtpd\n")
         master_cf.extend(f"  -o {opt}\n" for opt in PORT_OPTIONS[name])

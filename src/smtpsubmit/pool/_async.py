@@ -1,0 +1,274 @@
+"""``AsyncPool``: the asyncio twin of :class:`~smtpsubmit.Pool`, over
+:class:`~smtpsubmit.AsyncClient` connections, safe to share between tasks of one
+event loop.
+
+Same rules (:mod:`smtpsubmit.pool._core`), same arguments, same results; it
+waits on an ``asyncio.Condition`` and ``send_many`` runs one task per
+connection it may use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Sized
+from types import TracebackType
+from typing import Any
+
+from smtpsubmit.client import AsyncClient
+from smtpsubmit.errors import MessageError, PoolTimeout, SmtpError
+from smtpsubmit.pool._core import (
+    BATCH,
+    Conn,
+    Job,
+    Jobs,
+    Outcome,
+    PoolConfig,
+    Slots,
+    describe,
+    keep,
+    normalise,
+    pool_timeout,
+    retire_after,
+    settle,
+)
+from smtpsubmit.ratelimit import RateLimit, is_rate_refusal
+from smtpsubmit.result import SubmitResult
+from smtpsubmit.server import Server
+
+__all__ = ["AsyncPool"]
+
+
+class AsyncPool:
+    """Up to ``max_connections`` reused asyncio connections to one server.
+
+    ``async with AsyncPool(server) as pool: await pool.send(message)``; see
+    :class:`~smtpsubmit.Pool` for the rules, which are the same.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        *,
+        max_connections: int = 4,
+        max_messages_per_connection: int = 1000,
+        idle_timeout: float = 60.0,
+        acquire_timeout: float = 30.0,
+        rate_limit: RateLimit | None = None,
+        rate_retries: int = 6,
+    ) -> None:
+        self.config = PoolConfig(
+            server,
+            max_connections,
+            max_messages_per_connection,
+            idle_timeout,
+            acquire_timeout,
+            rate_retries,
+        )
+        self.server = server
+        self.rate_limit = rate_limit
+        self._limit = rate_limit if rate_limit is not None else RateLimit._backoff_only()
+        self._slots: Slots[AsyncClient] = Slots(max_connections, idle_timeout)
+        self._free: asyncio.Condition | None = None  # made on first use, inside the loop
+        self._reaper: asyncio.Task[None] | None = None
+        self._reaper_wake: asyncio.Event | None = None
+
+    # -- public API ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def send(self, message: Any, **envelope: Any) -> SubmitResult:
+        """Send one message on a pooled connection; raises like ``AsyncClient.send``."""
+        jobs = Jobs.single(normalise(message, envelope))
+        await self._work(jobs)
+        outcome = jobs.outcomes()[0]
+        if isinstance(outcome, SubmitResult):
+            return outcome
+        raise outcome
+
+    async def send_many(self, messages: Iterable[object]) -> list[Outcome]:
+        """Send every message, spread over the connections; results in input order."""
+        size = len(messages) if isinstance(messages, Sized) else self.config.max_connections
+        workers = max(1, min(self.config.max_connections, size))
+        jobs = Jobs(messages, workers)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(self._work(jobs))
+        except BaseExceptionGroup as failed:  # not a server fault: raise it as it was
+            raise failed.exceptions[0] from None
+        return jobs.outcomes()
+
+    async def close(self) -> None:
+        """Close the idle connections now and the busy ones when they come back."""
+        idle = self._slots.close()
+        if self._free is not None:
+            async with self._free:
+                self._free.notify_all()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for conn in idle:
+            await conn.client.close()
+
+    def __repr__(self) -> str:
+        return describe("AsyncPool", self.server, self._slots)
+
+    # -- one worker ---------------------------------------------------------------------
+
+    async def _work(self, jobs: Jobs) -> None:
+        try:
+            await self._work_loop(jobs)
+        finally:
+            jobs.active -= 1
+
+    async def _work_loop(self, jobs: Jobs) -> None:
+        connect_refusals = 0
+        while jobs.queued():
+            attempt_at = self._limit.now()
+            try:
+                conn = await self._checkout(jobs.wants_fresh())
+            except PoolTimeout as exc:
+                if jobs.active == 1:  # the last worker: nobody else will send the rest
+                    jobs.fail_rest(exc)
+                return
+            except SmtpError as exc:  # could not connect
+                if is_rate_refusal(exc.reply) and connect_refusals < self.config.rate_retries:
+                    connect_refusals += 1
+                    self._limit.slow_down(attempt_at)
+                    continue
+                for job in jobs.take(1, fresh=True):
+                    jobs.finish(job, exc)
+                continue
+            connect_refusals = 0
+            batch = jobs.take(
+                min(BATCH, self.config.max_messages_per_connection - conn.sent), conn.fresh
+            )
+            if not batch:
+                await self._checkin(conn)
+                continue
+            try:
+                outcomes = await self._send_batch(conn, batch)
+            except BaseException:
+                conn.retire = True
+                await self._checkin(conn)
+                raise
+            await self._checkin(conn)
+            settle(jobs, batch, outcomes, self._limit, self.config.rate_retries)
+
+    async def _send_batch(self, conn: Conn[AsyncClient], batch: list[Job]) -> list[Outcome | None]:
+        """Send ``batch`` on ``conn`` (the one place that talks to the client)."""
+        client = conn.client
+        outcomes: list[Outcome | None] = []
+        recipients_limited = self._limit.recipients is not None
+        for job in batch:
+            if conn.retire or not client.is_connected:
+                outcomes.append(None)
+                continue
+            job.granted_at = await self._limit.aacquire(
+                job.item.recipient_count() if recipients_limited else 1
+            )
+            conn.sent += 1
+            conn.fresh = False
+            try:
+                outcomes.append(await client.send(job.item.message, **job.item.options))
+            except (SmtpError, MessageError) as exc:
+                retire_after(conn, exc)
+                outcomes.append(exc)
+        return outcomes
+
+    # -- connections --------------------------------------------------------------------
+
+    def _condition(self) -> asyncio.Condition:
+        if self._free is None:
+            self._free = asyncio.Condition()
+        return self._free
+
+    async def _checkout(self, fresh: bool) -> Conn[AsyncClient]:
+        deadline = time.monotonic() + self.config.acquire_timeout
+        to_close: list[Conn[AsyncClient]] = []
+        free = self._condition()
+        try:
+            async with free:
+                while True:
+                    if self._slots.closed:
+                        raise RuntimeError("the pool is closed")
+                    now = time.monotonic()
+                    got = self._slots.checkout(now, fresh, to_close)
+                    if got is not False:
+                        break
+                    if now >= deadline:
+                        raise pool_timeout(self.config, self._slots)
+                    self._slots.waiting += 1
+                    try:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(deadline - now):
+                                await free.wait()
+                    finally:
+                        self._slots.waiting -= 1
+        finally:
+            for old in to_close:
+                await old.client.close()
+        if isinstance(got, Conn):
+            return got
+        return await self._open()
+
+    async def _open(self) -> Conn[AsyncClient]:
+        try:
+            await self._limit.aacquire_connection()
+            client = AsyncClient(self.server)
+            await client.connect()
+        except BaseException:
+            self._slots.failed_open()
+            await self._notify()
+            raise
+        return Conn(client)
+
+    async def _notify(self) -> None:
+        free = self._condition()
+        async with free:
+            free.notify()
+
+    async def _checkin(self, conn: Conn[AsyncClient]) -> None:
+        reusable = keep(conn, conn.client.is_connected, self.config.max_messages_per_connection)
+        was_empty = not self._slots.idle
+        kept = self._slots.checkin(conn, time.monotonic(), reusable)
+        await self._notify()
+        if kept and was_empty:
+            self._start_reaper()
+        if not kept:
+            await conn.client.close()
+
+    def _start_reaper(self) -> None:
+        """One task per pool closes connections idle for ``idle_timeout``."""
+        if self._reaper_wake is None:
+            self._reaper_wake = asyncio.Event()
+        self._reaper_wake.set()
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        wake = self._reaper_wake or asyncio.Event()
+        while not self._slots.closed:
+            expiry = self._slots.next_expiry()
+            now = time.monotonic()
+            if expiry is None or expiry > now:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if expiry is None else expiry - now):
+                        await wake.wait()
+                continue
+            for conn in self._slots.expire(now):
+                await conn.client.close()
+            await self._notify()

@@ -1,0 +1,371 @@
+"""What :class:`Pool` and :class:`AsyncPool` share, with no I/O and no waiting.
+
+- :func:`normalise` turns any accepted item into one :class:`Item`.
+- :class:`Slots` is the pool's bookkeeping: idle connections (most recently
+  used last, so old ones expire first), how many are open, busy and waited
+  for; it says what to do and the drivers do it under their own lock.
+- :class:`Jobs` is one call's work: items drawn lazily from the input (so a
+  generator of 100,000 messages is never held in memory), retries first, and
+  results in input order.
+- :func:`verdict` and :func:`settle` are the retry rules, written once:
+  ``DeliveryStatusUnknown`` is never retried (the message may have arrived);
+  ``ServerDisconnected`` — nothing of the message was accepted — is retried
+  once on a freshly opened connection; a rate refusal (see
+  :func:`~smtpsubmit.ratelimit.is_rate_refusal`) slows the pool down and is
+  retried only when it came before any message data went out.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from smtpsubmit.errors import (
+    DeliveryStatusUnknown,
+    MessageError,
+    PoolTimeout,
+    ServerDisconnected,
+    SmtpError,
+)
+from smtpsubmit.message import Message
+from smtpsubmit.ratelimit import RateLimit, is_rate_refusal
+from smtpsubmit.result import SubmitResult
+from smtpsubmit.server import Server
+
+__all__ = ["Conn", "Item", "Jobs", "Outcome", "PoolConfig", "Slots", "normalise"]
+
+C = TypeVar("C")
+Outcome = SubmitResult | SmtpError | MessageError
+
+BATCH = 32  # jobs one connection takes at a time (a future send_many stream's length)
+_BEFORE_DATA = frozenset({"connect", "greeting", "ehlo", "starttls", "auth", "mail", "rcpt"})
+
+
+@dataclass(slots=True)
+class Item:
+    """One message to send and its envelope keywords (as ``Client.send`` takes them)."""
+
+    message: Any
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def recipient_count(self) -> int:
+        recipients = self.options.get("recipients")
+        if recipients is not None:
+            return 1 if isinstance(recipients, str) else len(list(recipients))
+        if isinstance(self.message, Message):
+            return len(self.message.envelope_recipients())
+        return 1
+
+
+_ENVELOPE_KEYS = frozenset({"sender", "recipients", "dsn", "progress", "require_tls"})
+
+
+def normalise(item: object, envelope: dict[str, Any] | None = None) -> Item:
+    """A ``Message``, ``(raw, sender, recipients)``, or an object with ``.raw``,
+    ``.sender`` and ``.recipients`` — as one :class:`Item` (else ``MessageError``)."""
+    options = dict(envelope or {})
+    unknown = set(options) - _ENVELOPE_KEYS
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if isinstance(item, tuple):
+        if len(item) != 3:
+            raise MessageError("a ready message is a tuple (raw, sender, recipients)")
+        raw, sender, recipients = item
+        return Item(raw, {**options, "sender": sender, "recipients": _as_list(recipients)})
+    if isinstance(item, Message) or options:
+        return Item(item, options)
+    if all(hasattr(item, name) for name in ("raw", "sender", "recipients")):
+        raw, sender, recipients = item.raw, item.sender, item.recipients  # type: ignore[attr-defined]
+        return Item(raw, {"sender": sender, "recipients": _as_list(recipients)})
+    if isinstance(item, bytes | bytearray | memoryview) or hasattr(item, "read"):
+        return Item(item)  # the client says what is missing (sender= and recipients=)
+    raise MessageError(
+        "each message must be a Message, a tuple (raw, sender, recipients), or an object "
+        f"with .raw, .sender and .recipients, not {type(item).__name__}"
+    )
+
+
+def _as_list(recipients: object) -> list[str] | str:
+    if isinstance(recipients, str):
+        return recipients
+    if not isinstance(recipients, Iterable):
+        raise MessageError("recipients must be an address or a sequence of addresses")
+    return list(recipients)
+
+
+@dataclass(eq=False, slots=True)
+class Conn(Generic[C]):
+    """A pooled client and what the pool knows about it."""
+
+    client: C
+    sent: int = 0
+    last_used: float = 0.0
+    fresh: bool = True  # nothing sent on it yet
+    retire: bool = False  # a 421 or another reason never to reuse it
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    server: Server
+    max_connections: int
+    max_messages_per_connection: int
+    idle_timeout: float
+    acquire_timeout: float
+    rate_retries: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.server, Server):
+            raise TypeError(f"a pool needs a Server, not {type(self.server).__name__}")
+        for name in ("max_connections", "max_messages_per_connection"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        for name in ("idle_timeout", "acquire_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.rate_retries < 0:
+            raise ValueError("rate_retries must not be negative")
+
+
+class Slots(Generic[C]):
+    """Connection bookkeeping; every method is called with the pool's lock held."""
+
+    def __init__(self, max_connections: int, idle_timeout: float) -> None:
+        self.max = max_connections
+        self.idle_timeout = idle_timeout
+        self.idle: deque[Conn[C]] = deque()
+        self.open = 0  # idle + busy (a connection being opened counts as busy)
+        self.busy = 0
+        self.waiting = 0
+        self.closed = False
+
+    def checkout(self, now: float, fresh: bool, to_close: list[Conn[C]]) -> Conn[C] | bool:
+        """An idle connection, True (open a new one: its slot is taken), or False (wait).
+
+        ``fresh`` refuses idle connections; when the pool is full it closes the
+        oldest idle one to make room. Expired connections go to ``to_close``.
+        """
+        to_close.extend(self.expire(now))
+        if not fresh and self.idle:
+            self.busy += 1
+            return self.idle.pop()
+        if self.open < self.max:
+            self.open += 1
+            self.busy += 1
+            return True
+        if fresh and self.idle:
+            to_close.append(self.idle.popleft())  # its slot passes to the new connection
+            self.busy += 1
+            return True
+        return False
+
+    def checkin(self, conn: Conn[C], now: float, keep: bool) -> bool:
+        """Back to idle (True) or out of the pool (False: the caller closes it)."""
+        self.busy -= 1
+        if keep and not self.closed:
+            conn.last_used = now
+            self.idle.append(conn)
+            return True
+        self.open -= 1
+        return False
+
+    def failed_open(self) -> None:
+        self.busy -= 1
+        self.open -= 1
+
+    def expire(self, now: float) -> list[Conn[C]]:
+        expired: list[Conn[C]] = []
+        while self.idle and now - self.idle[0].last_used >= self.idle_timeout:
+            expired.append(self.idle.popleft())
+            self.open -= 1
+        return expired
+
+    def next_expiry(self) -> float | None:
+        return self.idle[0].last_used + self.idle_timeout if self.idle else None
+
+    def close(self) -> list[Conn[C]]:
+        self.closed = True
+        idle = list(self.idle)
+        self.idle.clear()
+        self.open -= len(idle)
+        return idle
+
+    def counts(self) -> str:
+        return f"open={self.open} idle={len(self.idle)} busy={self.busy} waiting={self.waiting}"
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    index: int
+    item: Item
+    fresh_retries: int = 0
+    rate_retries: int = 0
+    needs_fresh: bool = False
+    granted_at: float | None = None
+
+
+class Jobs:
+    """One call's work queue and results. Callers serialise access (a lock for threads)."""
+
+    def __init__(self, items: Iterable[object], workers: int) -> None:
+        self._source: Iterator[object] | None = iter(items)
+        self._retry: deque[Job] = deque()
+        self.results: list[Outcome | None] = []
+        self.active = workers
+
+    @classmethod
+    def single(cls, item: Item) -> Jobs:
+        jobs = cls((), 1)
+        jobs._source = None
+        jobs.results.append(None)
+        jobs._retry.append(Job(0, item))
+        return jobs
+
+    def queued(self) -> bool:
+        """Whether a job is waiting (reads ahead one item, so an empty input opens nothing)."""
+        while not self._retry and self._source is not None:
+            job = self._next()
+            if job is not None:
+                self._retry.append(job)
+        return bool(self._retry)
+
+    def wants_fresh(self) -> bool:
+        return any(job.needs_fresh for job in self._retry)
+
+    def take(self, n: int, fresh: bool) -> list[Job]:
+        """Up to ``n`` jobs: retries first; at most one needing a fresh connection, first."""
+        out: list[Job] = []
+        if fresh:
+            for job in self._retry:
+                if job.needs_fresh:
+                    self._retry.remove(job)
+                    out.append(job)
+                    break
+        kept: deque[Job] = deque()
+        while self._retry and len(out) < n:
+            job = self._retry.popleft()
+            (kept if job.needs_fresh else out).append(job)
+        kept.extend(self._retry)
+        self._retry = kept
+        while len(out) < n and self._source is not None:
+            job_or_none = self._next()
+            if job_or_none is not None:
+                out.append(job_or_none)
+        return out
+
+    def _next(self) -> Job | None:
+        if self._source is None:
+            return None
+        try:
+            raw = next(self._source)
+        except StopIteration:
+            self._source = None
+            return None
+        index = len(self.results)
+        self.results.append(None)
+        try:
+            return Job(index, normalise(raw))
+        except MessageError as exc:
+            self.results[index] = exc
+            return None
+
+    def requeue(self, job: Job) -> None:
+        self._retry.appendleft(job)
+
+    def finish(self, job: Job, outcome: Outcome) -> None:
+        self.results[job.index] = outcome
+
+    def fail_rest(self, error: SmtpError) -> None:
+        """The last worker gave up: every job not done gets (a copy of) ``error``."""
+        while self._retry or self._source is not None:
+            for job in self.take(BATCH, fresh=True):
+                self.finish(job, _copy(error))
+
+    def outcomes(self) -> list[Outcome]:
+        missing = [i for i, r in enumerate(self.results) if r is None]
+        if missing:  # pragma: no cover - a bug in the pool, never a server fault
+            raise RuntimeError(f"pool lost track of message(s) {missing[:5]}")
+        return self.results  # type: ignore[return-value]
+
+
+def _copy(error: SmtpError) -> SmtpError:
+    if isinstance(error, PoolTimeout):
+        return PoolTimeout(str(error), stage=error.stage)
+    return error
+
+
+class Verdict(enum.Enum):
+    DONE = "done"
+    RETRY_FRESH = "retry on a fresh connection"
+    RETRY_RATE = "retry after the rate backoff"
+
+
+def verdict(job: Job, error: SmtpError, rate_retries: int) -> Verdict:
+    if isinstance(error, DeliveryStatusUnknown):
+        return Verdict.DONE  # may have been delivered: a retry could duplicate it
+    if (
+        is_rate_refusal(error.reply)
+        and error.stage in _BEFORE_DATA
+        and job.rate_retries < rate_retries
+    ):
+        return Verdict.RETRY_RATE
+    if isinstance(error, ServerDisconnected) and job.fresh_retries < 1:
+        return Verdict.RETRY_FRESH
+    return Verdict.DONE
+
+
+def settle(
+    jobs: Jobs, batch: list[Job], outcomes: list[Outcome | None], limit: RateLimit, retries: int
+) -> None:
+    """Record each job's outcome or queue it again (``None``: it was never tried)."""
+    for job, outcome in zip(batch, outcomes, strict=True):
+        if outcome is None:
+            jobs.requeue(job)
+            continue
+        if isinstance(outcome, SubmitResult):
+            if any(is_rate_refusal(r) for r in outcome.refused.values()):
+                limit.slow_down(job.granted_at)
+            jobs.finish(job, outcome)
+            continue
+        if isinstance(outcome, SmtpError) and is_rate_refusal(outcome.reply):
+            limit.slow_down(job.granted_at)
+        decision = (
+            verdict(job, outcome, retries) if isinstance(outcome, SmtpError) else Verdict.DONE
+        )
+        if decision is Verdict.RETRY_FRESH:
+            job.fresh_retries += 1
+            job.needs_fresh = True
+            jobs.requeue(job)
+        elif decision is Verdict.RETRY_RATE:
+            job.rate_retries += 1
+            job.needs_fresh = False
+            jobs.requeue(job)
+        else:
+            jobs.finish(job, outcome)
+
+
+def retire_after(conn: Conn[Any], error: BaseException) -> None:
+    """A 421 (or any reply that closed the session) retires the connection."""
+    reply = getattr(error, "reply", None)
+    if reply is not None and reply.code == 421:
+        conn.retire = True
+
+
+def keep(conn: Conn[Any], connected: bool, max_messages: int) -> bool:
+    """The clean-return rule: connected (the session discards broken ones), not retired,
+    and under the per-connection message cap."""
+    return connected and not conn.retire and conn.sent < max_messages
+
+
+def describe(kind: str, server: Server, slots: Slots[Any]) -> str:
+    """``repr`` of a pool: where it connects and its counts; never credentials."""
+    return f"<{kind} {server.host}:{server.effective_port} {slots.counts()}>"
+
+
+def pool_timeout(config: PoolConfig, slots: Slots[Any]) -> PoolTimeout:
+    return PoolTimeout(
+        f"no pooled connection became free within {config.acquire_timeout:g} s ({slots.counts()})"
+    )

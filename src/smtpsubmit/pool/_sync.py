@@ -1,0 +1,300 @@
+"""``Pool``: many messages over a bounded set of blocking :class:`~smtpsubmit.Client`
+connections, safe to share between threads.
+
+The rules live in :mod:`smtpsubmit.pool._core`; this module only waits (a
+``threading.Condition``), connects and sends. ``send_many`` runs one worker per
+connection it may use — the calling thread and at most ``max_connections - 1``
+more threads per call, never one per message — and each worker sends batches
+of messages on the connection it holds (:meth:`Pool._send_batch`, the one
+place that talks to the client).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sized
+from types import TracebackType
+from typing import Any
+
+from smtpsubmit.client import Client
+from smtpsubmit.errors import MessageError, PoolTimeout, SmtpError
+from smtpsubmit.pool._core import (
+    BATCH,
+    Conn,
+    Job,
+    Jobs,
+    Outcome,
+    PoolConfig,
+    Slots,
+    describe,
+    keep,
+    normalise,
+    pool_timeout,
+    retire_after,
+    settle,
+)
+from smtpsubmit.ratelimit import RateLimit, is_rate_refusal
+from smtpsubmit.result import SubmitResult
+from smtpsubmit.server import Server
+
+__all__ = ["Pool"]
+
+
+class Pool:
+    """Up to ``max_connections`` reused connections to one server, for many threads.
+
+    ``with Pool(server) as pool: pool.send(message)`` or
+    ``pool.send_many(messages)``. Connections open on demand, go back to the
+    pool only when clean, retire after ``max_messages_per_connection``
+    messages or a 421, and close after ``idle_timeout`` seconds unused.
+    Waiting more than ``acquire_timeout`` for a connection raises
+    :class:`~smtpsubmit.PoolTimeout`. ``rate_limit`` is shared by every
+    connection; without one the pool still backs off when the server says it
+    is sending too fast. ``rate_retries``: how often a message refused for
+    its rate is tried again within the call.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        *,
+        max_connections: int = 4,
+        max_messages_per_connection: int = 1000,
+        idle_timeout: float = 60.0,
+        acquire_timeout: float = 30.0,
+        rate_limit: RateLimit | None = None,
+        rate_retries: int = 6,
+    ) -> None:
+        self.config = PoolConfig(
+            server,
+            max_connections,
+            max_messages_per_connection,
+            idle_timeout,
+            acquire_timeout,
+            rate_retries,
+        )
+        self.server = server
+        self.rate_limit = rate_limit
+        self._limit = rate_limit if rate_limit is not None else RateLimit._backoff_only()
+        self._lock = threading.Lock()
+        self._free = threading.Condition(self._lock)  # a slot or idle connection appeared
+        self._reaper_wake = threading.Condition(self._lock)
+        self._slots: Slots[Client] = Slots(max_connections, idle_timeout)
+        self._reaper: threading.Thread | None = None
+
+    # -- public API ---------------------------------------------------------------------
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def send(self, message: Any, **envelope: Any) -> SubmitResult:
+        """Send one message on a pooled connection; raises like ``Client.send``."""
+        jobs = Jobs.single(normalise(message, envelope))
+        self._work(jobs, threading.Lock())
+        outcome = jobs.outcomes()[0]
+        if isinstance(outcome, SubmitResult):
+            return outcome
+        raise outcome
+
+    def send_many(self, messages: Iterable[object]) -> list[Outcome]:
+        """Send every message, spread over the connections; results in input order.
+
+        Each result is a ``SubmitResult`` or the ``SmtpError``/``MessageError`` of
+        that message: one failure never stops the others.
+        """
+        size = len(messages) if isinstance(messages, Sized) else self.config.max_connections
+        workers = max(1, min(self.config.max_connections, size))
+        jobs = Jobs(messages, workers)
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._work(jobs, lock)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, daemon=True) for _ in range(workers - 1)]
+        for thread in threads:
+            thread.start()
+        run()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return jobs.outcomes()
+
+    def close(self) -> None:
+        """Close the idle connections now and the busy ones when they come back."""
+        with self._lock:
+            idle = self._slots.close()
+            self._free.notify_all()
+            self._reaper_wake.notify_all()
+            reaper = self._reaper
+        for conn in idle:
+            conn.client.close()
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join()
+
+    def __repr__(self) -> str:
+        with self._lock:
+            return describe("Pool", self.server, self._slots)
+
+    # -- one worker ---------------------------------------------------------------------
+
+    def _work(self, jobs: Jobs, lock: threading.Lock) -> None:
+        """Take batches of jobs and send them until none is left (or no connection comes)."""
+        try:
+            self._work_loop(jobs, lock)
+        finally:
+            with lock:
+                jobs.active -= 1
+
+    def _work_loop(self, jobs: Jobs, lock: threading.Lock) -> None:
+        connect_refusals = 0
+        while True:
+            with lock:
+                if not jobs.queued():
+                    return
+                fresh = jobs.wants_fresh()
+            attempt_at = self._limit.now()
+            try:
+                conn = self._checkout(fresh)
+            except PoolTimeout as exc:
+                with lock:
+                    if jobs.active == 1:  # the last worker: nobody else will send the rest
+                        jobs.fail_rest(exc)
+                return
+            except SmtpError as exc:  # could not connect
+                if is_rate_refusal(exc.reply) and connect_refusals < self.config.rate_retries:
+                    connect_refusals += 1
+                    self._limit.slow_down(attempt_at)
+                    continue
+                with lock:
+                    for job in jobs.take(1, fresh=True):
+                        jobs.finish(job, exc)
+                continue
+            connect_refusals = 0
+            with lock:
+                batch = jobs.take(
+                    min(BATCH, self.config.max_messages_per_connection - conn.sent), conn.fresh
+                )
+            if not batch:
+                self._checkin(conn)
+                continue
+            try:
+                outcomes = self._send_batch(conn, batch)
+            except BaseException:
+                conn.retire = True
+                self._checkin(conn)
+                raise
+            self._checkin(conn)
+            with lock:
+                settle(jobs, batch, outcomes, self._limit, self.config.rate_retries)
+
+    def _send_batch(self, conn: Conn[Client], batch: list[Job]) -> list[Outcome | None]:
+        """Send ``batch`` on ``conn``: an outcome per job, ``None`` for one never tried.
+
+        Today one ``Client.send`` per message; a streamed ``send_many`` of the
+        client slots in here and nowhere else.
+        """
+        client = conn.client
+        outcomes: list[Outcome | None] = []
+        recipients_limited = self._limit.recipients is not None
+        for job in batch:
+            if conn.retire or not client.is_connected:
+                outcomes.append(None)
+                continue
+            job.granted_at = self._limit.acquire(
+                job.item.recipient_count() if recipients_limited else 1
+            )
+            conn.sent += 1
+            conn.fresh = False
+            try:
+                outcomes.append(client.send(job.item.message, **job.item.options))
+            except (SmtpError, MessageError) as exc:
+                retire_after(conn, exc)
+                outcomes.append(exc)
+        return outcomes
+
+    # -- connections --------------------------------------------------------------------
+
+    def _checkout(self, fresh: bool) -> Conn[Client]:
+        deadline = time.monotonic() + self.config.acquire_timeout
+        to_close: list[Conn[Client]] = []
+        try:
+            with self._lock:
+                while True:
+                    if self._slots.closed:
+                        raise RuntimeError("the pool is closed")
+                    now = time.monotonic()
+                    got = self._slots.checkout(now, fresh, to_close)
+                    if got is not False:
+                        break
+                    if now >= deadline:
+                        raise pool_timeout(self.config, self._slots)
+                    self._slots.waiting += 1
+                    try:
+                        self._free.wait(deadline - now)
+                    finally:
+                        self._slots.waiting -= 1
+        finally:
+            for old in to_close:
+                old.client.close()
+        if isinstance(got, Conn):
+            return got
+        return self._open()
+
+    def _open(self) -> Conn[Client]:
+        try:
+            self._limit.acquire_connection()
+            client = Client(self.server)
+            client.connect()
+        except BaseException:
+            with self._lock:
+                self._slots.failed_open()
+                self._free.notify()
+            raise
+        return Conn(client)
+
+    def _checkin(self, conn: Conn[Client]) -> None:
+        reusable = keep(conn, conn.client.is_connected, self.config.max_messages_per_connection)
+        with self._lock:
+            was_empty = not self._slots.idle
+            kept = self._slots.checkin(conn, time.monotonic(), reusable)
+            self._free.notify()
+            if kept and was_empty:
+                self._start_reaper()
+                self._reaper_wake.notify()
+        if not kept:
+            conn.client.close()
+
+    def _start_reaper(self) -> None:
+        """One thread per pool closes connections idle for ``idle_timeout`` (lock held)."""
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name="smtpsubmit-pool", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        while True:
+            with self._lock:
+                if self._slots.closed:
+                    return
+                expiry = self._slots.next_expiry()
+                now = time.monotonic()
+                if expiry is None or expiry > now:
+                    self._reaper_wake.wait(None if expiry is None else expiry - now)
+                    continue
+                expired = self._slots.expire(now)
+                self._free.notify(len(expired))
+            for conn in expired:
+                conn.client.close()
