@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from smtpsubmit.dkim.stream import Signers, sign_source
 from smtpsubmit.envelope import DSN
 from smtpsubmit.errors import AuthError, ServerDisconnected, SmtpError, SmtpTimeout
 from smtpsubmit.reply import Reply
@@ -82,6 +83,7 @@ class _Base:
         dsn: DSN | None,
         progress: ProgressCallback | None,
         require_tls: bool,
+        dkim: Signers | None = None,
     ) -> Flow[SubmitResult]:
         """The session flow that sends one message (both drivers run it)."""
         session = self._require_session()
@@ -93,6 +95,8 @@ class _Base:
             dsn=dsn,
             require_tls=require_tls,
         )
+        # Signed last, over the final bytes; the hash pass runs before MAIL so SIZE is exact.
+        envelope, source = sign_source(envelope, source, self.server.dkim if dkim is None else dkim)
         return session.send_message(envelope, source, progress)
 
     def _receive_timeout(self, op: Receive) -> float:
@@ -201,6 +205,7 @@ class Client(_Base):
         dsn: DSN | None = None,
         progress: ProgressCallback | None = None,
         require_tls: bool = False,
+        dkim: Signers | None = None,
     ) -> SubmitResult:
         """Send one message on this connection; see :func:`smtpsubmit.submit_message`."""
         return self._run(
@@ -211,6 +216,7 @@ class Client(_Base):
                 dsn=dsn,
                 progress=progress,
                 require_tls=require_tls,
+                dkim=dkim,
             )
         )
 
@@ -326,6 +332,7 @@ class AsyncClient(_Base):
         dsn: DSN | None = None,
         progress: ProgressCallback | None = None,
         require_tls: bool = False,
+        dkim: Signers | None = None,
     ) -> SubmitResult:
         """Send one message on this connection; see :func:`smtpsubmit.asubmit_message`."""
         return await self._run(
@@ -336,6 +343,7 @@ class AsyncClient(_Base):
                 dsn=dsn,
                 progress=progress,
                 require_tls=require_tls,
+                dkim=dkim,
             )
         )
 

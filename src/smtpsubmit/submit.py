@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any, Union
 
+from smtpsubmit.dkim.stream import Signers, as_signers
 from smtpsubmit.envelope import DSN, Envelope, check_envelope_address
 from smtpsubmit.errors import ExtensionUnavailable, MessageError
 from smtpsubmit.protocol import LineEndingNormalizer
@@ -42,6 +43,7 @@ def submit_message(
     dsn: DSN | None = None,
     progress: Callable[[Progress], object] | None = None,
     require_tls: bool = False,
+    dkim: Signers | None = None,
 ) -> SubmitResult:
     """Compose (when needed) and deliver one message to ``server``.
 
@@ -50,10 +52,13 @@ def submit_message(
     ``recipients=`` are required. Raises an :class:`~smtpsubmit.SmtpError`
     subclass for any network or server failure and a
     :class:`~smtpsubmit.MessageError` for bad input (before connecting).
+    ``dkim`` (a :class:`~smtpsubmit.DkimSigner` or several) signs the message,
+    in place of the server's ``dkim``.
     """
     from smtpsubmit.client import Client
 
     _check_before_connecting(message, sender, recipients)
+    as_signers(dkim)
     with Client(server) as client:
         return client.send(
             message,
@@ -62,6 +67,7 @@ def submit_message(
             dsn=dsn,
             progress=progress,
             require_tls=require_tls,
+            dkim=dkim,
         )
 
 
@@ -74,11 +80,13 @@ async def asubmit_message(
     dsn: DSN | None = None,
     progress: Callable[[Progress], object] | None = None,
     require_tls: bool = False,
+    dkim: Signers | None = None,
 ) -> SubmitResult:
     """The asyncio form of :func:`submit_message`, with the same behaviour."""
     from smtpsubmit.client import AsyncClient
 
     _check_before_connecting(message, sender, recipients)
+    as_signers(dkim)
     async with AsyncClient(server) as client:
         return await client.send(
             message,
@@ -87,6 +95,7 @@ async def asubmit_message(
             dsn=dsn,
             progress=progress,
             require_tls=require_tls,
+            dkim=dkim,
         )
 
 

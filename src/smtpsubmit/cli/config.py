@@ -40,7 +40,7 @@ from smtpsubmit.server import Server
 
 __all__ = ["Account", "Config", "default_config_path", "load_config"]
 
-SERVER_KEYS = frozenset(f.name for f in fields(Server) if f.name != "_")
+SERVER_KEYS = frozenset(f.name for f in fields(Server) if f.name not in ("_", "dkim"))
 EXTRA_KEYS = frozenset({"url", "password_command", "password_env", "from"})
 PATH_KEYS = ("ca_file", "ca_path", "client_cert", "client_key")
 _STR_KEYS = frozenset(
