@@ -25,6 +25,8 @@ Ports (all on 127.0.0.1; attribute names of :class:`PostfixServer`):
 ``strict8bit``    like ``plain`` with ``strict_8bitmime = yes`` (through its own cleanup service):
                   8-bit data in headers, or in a body without MIME
                   ``Content-Transfer-Encoding: 8bit``, gets 550 5.6.0 even with BODY=8BITMIME
+``dkim_milter``   like ``plain`` with the milter at ``queue/opendkim.sock`` (tempfail when it
+                  is not running; tests/test_dkim_delivery.py starts OpenDKIM there)
 
 Recipients: ``alice|bob|carol|dave@example.test`` are Maildir users, any ``@example.org`` goes
 to the ``catchall`` Maildir, other ``@example.test`` users get 550 5.1.1, any ``@capture.test``
@@ -71,6 +73,7 @@ PORT_NAMES = (
     "size_limited",
     "nochunking",
     "strict8bit",
+    "dkim_milter",
 )
 
 # master.cf -o overrides per port. The base main.cf has TLS `may` and SASL off.
@@ -91,6 +94,11 @@ PORT_OPTIONS: dict[str, tuple[str, ...]] = {
     ),
     # strict_8bitmime is enforced by cleanup(8), not smtpd: route through a strict cleanup.
     "strict8bit": ("cleanup_service_name=cleanup8", *_AFTER_TLS_AUTH),
+    "dkim_milter": (
+        "smtpd_milters=unix:$queue_directory/opendkim.sock",
+        "milter_default_action=tempfail",
+        *_AFTER_TLS_AUTH,
+    ),
 }
 
 MAIN_CF = """\
@@ -305,6 +313,7 @@ class PostfixServer:
     size_limited: int
     nochunking: int
     strict8bit: int
+    dkim_milter: int
     host: str = "127.0.0.1"
     hostname: str = HOSTNAME
     size_limit: int = SIZE_LIMIT
