@@ -348,3 +348,28 @@ def test_domain_accepts_idna_and_server_keeps_signers_hashable() -> None:
     server = Server("127.0.0.1", dkim=[signer, ed_signer()])
     assert isinstance(server.dkim, tuple)
     hash(server)
+
+
+def test_signing_a_large_message_keeps_memory_flat() -> None:
+    """48 MB through both canonicalizations (lines, whitespace runs, runs of empty lines):
+    the hash pass allocates no more than a few chunks, whatever the size."""
+    import tracemalloc
+
+    line = b"some text  with\t whitespace runs and 8-bit \xc3\xa9 octets   \r\n"
+    block = (line * 1000 + b"\r\n" * 3000 + b"   \t\r\n" * 500)[:65536]
+    total = 48 * 1024 * 1024
+
+    def chunks() -> Any:
+        yield RAW.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+        for _ in range(total // len(block)):
+            yield block
+
+    signers = [rsa_signer(), ed_signer(canonicalization=("simple", "simple"))]
+    tracemalloc.start()
+    try:
+        fields = signature_headers(chunks(), signers)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(fields) == 2
+    assert peak < 2 * 1024 * 1024, peak

@@ -23,7 +23,6 @@ __all__ = [
 
 Sink = Callable[[bytes], object]
 
-_WSP_BEFORE_CRLF = re.compile(rb"[\t ]+\r\n")
 _WSP_RUN = re.compile(rb"[\t ]+")
 _FOLD = re.compile(rb"\r\n(?=[\t ])")
 _CRLF_BLOCK = 4096  # held-back empty lines are written out in blocks of this many
@@ -64,8 +63,7 @@ class RelaxedBody:
         content_end = len(data.rstrip(b"\t \r\n"))
         if content_end:
             _write_crlfs(self._sink, self._crlfs)
-            head = _WSP_BEFORE_CRLF.sub(b"\r\n", data[:content_end])
-            self._sink(_WSP_RUN.sub(b" ", head))
+            self._sink(_relax(data[:content_end]))
             self._crlfs = 0
             self._content = True
         tail = data[content_end:]
@@ -80,6 +78,16 @@ class RelaxedBody:
             # The stored message always ends with CRLF, so pending whitespace is at a
             # line end and is dropped; the last content line keeps its line break.
             self._sink(b"\r\n")
+
+
+def _relax(data: bytes) -> bytes:
+    """Whitespace runs to one space, none before a line break: the regular expressions
+    of RFC 6376 §3.4.4 done with C-speed replaces (equal, and several times faster)."""
+    if b"\t" in data:
+        data = data.replace(b"\t", b" ")
+    while b"  " in data:
+        data = data.replace(b"  ", b" ")
+    return data.replace(b" \r\n", b"\r\n")
 
 
 def _write_crlfs(sink: Sink, count: int) -> None:
