@@ -124,3 +124,23 @@ def test_send_dkim_errors_before_connecting(home: Path, tmp_path: Path) -> None:
         assert done.returncode == code, (extra, done.stderr)
         assert text in done.stderr
         assert "PRIVATE" not in done.stderr
+
+
+def test_sendmail_signs_with_account_keys(aiosmtpd_server: Any, home: Path) -> None:
+    """sendmail -t (what PHP and cron use) signs too, after removing Bcc."""
+    key = home / "dkim.pem"
+    key.write_bytes(rsa_pem())
+    config = home / ".config" / "smtpsubmit" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(
+        f'[accounts.a]\nhost = "127.0.0.1"\nport = {aiosmtpd_server.port}\n'
+        'dkim_key = "~/dkim.pem"\ndkim_selector = "web"\n'
+    )
+    raw = b"From: app@example.org\nTo: x@example.org\nBcc: audit@example.org\nSubject: s\n\nbody\n"
+    done = run_cli(["sendmail", "--account", "a", "-t", "-i"], home, input=raw)
+    assert done.returncode == 0, done.stderr
+    received = aiosmtpd_server.wait_for(1)[0]
+    assert sorted(received.rcpt_tos) == ["audit@example.org", "x@example.org"]
+    assert b"Bcc" not in received.original_content
+    signer = DkimSigner("example.org", "web", key)
+    assert verify_each(received.original_content, [signer]) == [True]

@@ -373,3 +373,26 @@ def test_signing_a_large_message_keeps_memory_flat() -> None:
         tracemalloc.stop()
     assert len(fields) == 2
     assert peak < 2 * 1024 * 1024, peak
+
+
+def test_sign_source_prepends_fields_and_counts_them_in_size() -> None:
+    from smtpsubmit import Envelope
+    from smtpsubmit.dkim import sign_source
+
+    reads: list[int] = []
+
+    def source() -> Any:
+        reads.append(1)
+        yield RAW
+
+    envelope = Envelope("ann@example.org", ["bob@example.net"], size=len(RAW))
+    signer = ed_signer()
+    signed_envelope, signed = sign_source(envelope, source, [signer])
+    assert len(reads) == 1  # the hash pass, before any transaction
+    data = b"".join(signed())
+    assert data.startswith(b"DKIM-Signature: ") and data.endswith(RAW)
+    assert signed_envelope.size == len(data)
+    assert verify_each(data, [signer]) == [True]
+    assert sign_source(envelope, source, None) == (envelope, source)
+    with pytest.raises(MessageError, match="read twice"):
+        sign_source(envelope, source, signer, rewindable=False)

@@ -87,7 +87,7 @@ class _Base:
     ) -> Flow[SubmitResult]:
         """The session flow that sends one message (both drivers run it)."""
         session = self._require_session()
-        envelope, source, _ = prepare_submission(
+        envelope, source, rewindable = prepare_submission(
             message,
             session,
             sender=sender,
@@ -96,7 +96,8 @@ class _Base:
             require_tls=require_tls,
         )
         # Signed last, over the final bytes; the hash pass runs before MAIL so SIZE is exact.
-        envelope, source = sign_source(envelope, source, self.server.dkim if dkim is None else dkim)
+        signers = self.server.dkim if dkim is None else dkim
+        envelope, source = sign_source(envelope, source, signers, rewindable=rewindable)
         return session.send_message(envelope, source, progress)
 
     def _receive_timeout(self, op: Receive) -> float:

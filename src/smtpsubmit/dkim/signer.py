@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import os
 import re
 import time
@@ -125,18 +126,19 @@ class DkimSigner:
     def signature_header(self, fields: Sequence[HeaderField], body_hash: bytes) -> bytes:
         """The ``DKIM-Signature`` field (with CRLF) for these header fields and body hash."""
         now = int(self._clock())
+        names = self._header_list(fields)
+        expiry = f" x={now + math.ceil(self.expire_after)};" if self.expire_after else ""
         tags = [
             f"v=1; a={self.algorithm}; c={self.header_method}/{self.body_method};",
             f"d={self.domain}; s={self.selector};",
-            f"t={now};" + (f" x={now + int(self.expire_after)};" if self.expire_after else ""),
-            "h=" + _fold_list(self._header_list(fields)) + ";",
+            f"t={now};{expiry}",
+            "h=" + _fold_list(names) + ";",
             f"bh={base64.b64encode(body_hash).decode('ascii')};",
             "b=",
         ]
         unsigned = "DKIM-Signature: " + "\r\n\t".join(tags)
         data = b"".join(
-            canonicalize_header(f.raw, self.header_method)
-            for f in _select(fields, self._header_list(fields))
+            canonicalize_header(f.raw, self.header_method) for f in _select(fields, names)
         )
         data += canonicalize_header(unsigned.encode("ascii"), self.header_method)[:-2]
         signature = base64.b64encode(self._sign(data)).decode("ascii")
@@ -149,12 +151,13 @@ class DkimSigner:
         """``h=``: each wanted field as often as it occurs, over-signed ones once more."""
         present: dict[str, int] = {}
         for field in fields:
-            name = field.name.decode("ascii", "replace").strip().lower()
+            name = _field_name(field)
             present[name] = present.get(name, 0) + 1
+        signed = {h.lower() for h in self.headers}
         oversigned = {h.lower() for h in self.oversign}
         names: list[str] = []
         for header in dict.fromkeys(h.lower() for h in (*self.headers, *self.oversign)):
-            count = present.get(header, 0) if header in {h.lower() for h in self.headers} else 0
+            count = present.get(header, 0) if header in signed else 0
             names += [header] * (count + (header in oversigned))
         return names
 
@@ -185,11 +188,15 @@ def _select(fields: Sequence[HeaderField], names: list[str]) -> list[HeaderField
         for index in range(len(fields) - 1, -1, -1):
             if index in used:
                 continue
-            if fields[index].name.decode("ascii", "replace").strip().lower() == name:
+            if _field_name(fields[index]) == name:
                 used.add(index)
                 chosen.append(fields[index])
                 break
     return chosen
+
+
+def _field_name(field: HeaderField) -> str:
+    return field.name.decode("ascii", "replace").strip().lower()
 
 
 def _fold_list(names: list[str]) -> str:

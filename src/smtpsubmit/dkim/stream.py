@@ -42,7 +42,7 @@ def as_signers(dkim: Signers | None) -> list[DkimSigner]:
 
 
 def sign_source(
-    envelope: Envelope, source: Source, signers: Signers | None
+    envelope: Envelope, source: Source, signers: Signers | None, *, rewindable: bool = True
 ) -> tuple[Envelope, Source]:
     """The envelope (SIZE counting the new fields) and a source that yields the
     ``DKIM-Signature`` fields and then the message; unchanged without signers.
@@ -53,6 +53,8 @@ def sign_source(
     chosen = as_signers(signers)
     if not chosen:
         return envelope, source
+    if not rewindable:
+        raise MessageError("DKIM signing needs a message that can be read twice")
     fields = signature_headers(source(), chosen)
     prefix = b"".join(fields)
 
