@@ -396,3 +396,18 @@ def test_sign_source_prepends_fields_and_counts_them_in_size() -> None:
     assert sign_source(envelope, source, None) == (envelope, source)
     with pytest.raises(MessageError, match="read twice"):
         sign_source(envelope, source, signer, rewindable=False)
+
+
+def test_import_smtpsubmit_does_not_load_cryptography() -> None:
+    """cryptography is an extra: only building a signer imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, smtpsubmit, smtpsubmit.dkim\n"
+        "assert 'cryptography' not in sys.modules, 'cryptography imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
