@@ -209,3 +209,19 @@ def test_opendkim_milter_passes_both_signatures(
     assert any(c.startswith(f"C: {transfer}") for c in commands), commands
     # dkimpy agrees on the same stored bytes (OpenDKIM's own field is not signed).
     assert verify_each(stored, signers) == [True, True]
+
+
+def test_memory_and_file_transports_record_the_signed_bytes(tmp_path: Path) -> None:
+    """What a test double records with ``dkim=`` is what a server would have received."""
+    from smtpsubmit.transports import FileTransport, MemoryTransport
+
+    signer = ed_signer()
+    memory = MemoryTransport()
+    result = memory.send(_kinds()["text"], dkim=signer)
+    (kept,) = memory.outbox
+    assert kept.raw.startswith(b"DKIM-Signature: ")
+    assert verify_each(kept.raw, [signer]) == [True]
+    assert result.size == len(kept.raw)
+    FileTransport(tmp_path).send(_kinds()["multipart"], dkim=[signer, rsa_signer()])
+    (eml,) = tmp_path.glob("*.eml")
+    assert verify_each(eml.read_bytes(), [signer, rsa_signer()]) == [True, True]
