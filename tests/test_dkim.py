@@ -411,3 +411,14 @@ def test_import_smtpsubmit_does_not_load_cryptography() -> None:
         [sys.executable, "-c", code], capture_output=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+@given(cuts=st.lists(st.integers(0, 10_000), max_size=20), bare_lf=st.booleans())
+def test_whole_signature_is_the_same_for_every_chunking(cuts: list[int], bare_lf: bool) -> None:
+    """Header/body split, line breaks and whitespace cut anywhere: same signature field
+    (Ed25519 and RSA PKCS#1 v1.5 signatures are deterministic)."""
+    raw = RAW + b"  trailing \t \r\n\r\n\r\n"
+    if bare_lf:
+        raw = raw.replace(b"\r\n", b"\n")
+    signers = [ed_signer(clock=lambda: 1_700_000_000), rsa_signer(clock=lambda: 1_700_000_000)]
+    assert signature_headers(_chunked(raw, cuts), signers) == signature_headers([raw], signers)
