@@ -20,6 +20,8 @@ PACKAGES=(
     msmtp         # second client for SCRAM-SHA-* / DIGEST-MD5 interop checks
     procps        # ps / pgrep, used to check that nothing is left running
     iproute2      # ss, to inspect listeners (port collisions, see notes on SO_REUSEPORT)
+    opendkim      # DKIM milter: verifies signed mail the Postfix fixture receives
+    opendkim-tools  # opendkim-testkey etc.; no MTA dependency, so postfix stays
 )
 
 missing=()

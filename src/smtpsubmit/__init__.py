@@ -6,6 +6,7 @@ submit_message(Message(sender="me@example.org", to="you@example.org", text="Hi")
 """
 
 from smtpsubmit.client import AsyncClient, Client
+from smtpsubmit.dkim import DkimSigner
 from smtpsubmit.envelope import DSN, Envelope
 from smtpsubmit.errors import (
     AuthError,
@@ -60,6 +61,7 @@ __all__ = [
     "ConnectError",
     "DataRefused",
     "DeliveryStatusUnknown",
+    "DkimSigner",
     "Encoding",
     "Envelope",
     "ExtensionUnavailable",

@@ -48,6 +48,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from smtpsubmit.dkim.stream import sign_source
 from smtpsubmit.envelope import Envelope
 from smtpsubmit.errors import (
     DataRefused,
@@ -168,15 +169,20 @@ class _Stream:
             self._lost(exc, items)
         return [r if r is not None else _never_started(None) for r in self.results]
 
+    def _prepare(self, message: Any, sender: Any, recipients: Any) -> tuple[Envelope, Source]:
+        """Envelope and bytes as a single send makes them, signed with the server's DKIM."""
+        envelope, source = prepare_submission(
+            message, self.session, sender=sender, recipients=recipients
+        )
+        return sign_source(envelope, source, self.session.server.dkim)
+
     def _one_by_one(self, items: Iterator[Any]) -> Flow[None]:
         """No PIPELINING: each message is an ordinary send, errors kept as values."""
         for item in items:
             index = self._new_index()
             try:
                 message, sender, recipients = _unpack(item)
-                envelope, source = prepare_submission(
-                    message, self.session, sender=sender, recipients=recipients
-                )
+                envelope, source = self._prepare(message, sender, recipients)
             except (MessageError, SmtpError) as exc:
                 self.results[index] = exc
                 continue
@@ -297,9 +303,7 @@ class _Stream:
         index = self._new_index()
         try:
             message, sender, recipients = _unpack(item)
-            envelope, source = prepare_submission(
-                message, self.session, sender=sender, recipients=recipients
-            )
+            envelope, source = self._prepare(message, sender, recipients)
             self.session.check_envelope(envelope)
         except (MessageError, SmtpError) as exc:
             self.results[index] = exc

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from smtpsubmit.batch import WINDOW, WINDOW_BYTES, Outcome, send_many_flow
+from smtpsubmit.dkim.stream import Signers, sign_source
 from smtpsubmit.envelope import DSN
 from smtpsubmit.errors import (
     AuthError,
@@ -109,6 +110,7 @@ class _Base:
         dsn: DSN | None,
         progress: ProgressCallback | None,
         require_tls: bool,
+        dkim: Signers | None = None,
     ) -> Flow[SubmitResult]:
         """The session flow that sends one message (both drivers run it)."""
         session = self._require_session()
@@ -120,6 +122,9 @@ class _Base:
             dsn=dsn,
             require_tls=require_tls,
         )
+        # Signed last, over the final bytes; the hash pass runs before MAIL so SIZE is exact.
+        signers = self.server.dkim if dkim is None else dkim
+        envelope, source = sign_source(envelope, source, signers)
         return session.send_message(envelope, source, progress)
 
     def _many_flow(self, messages: Iterable[Any], window: int, window_bytes: int) -> Flow[Any]:
@@ -242,6 +247,7 @@ class Client(_Base):
         dsn: DSN | None = None,
         progress: ProgressCallback | None = None,
         require_tls: bool = False,
+        dkim: Signers | None = None,
     ) -> SubmitResult:
         """Send one message on this connection; see :func:`smtpsubmit.submit_message`."""
         with self._exclusive("send"):
@@ -253,6 +259,7 @@ class Client(_Base):
                     dsn=dsn,
                     progress=progress,
                     require_tls=require_tls,
+                    dkim=dkim,
                 )
             )
 
@@ -398,6 +405,7 @@ class AsyncClient(_Base):
         dsn: DSN | None = None,
         progress: ProgressCallback | None = None,
         require_tls: bool = False,
+        dkim: Signers | None = None,
     ) -> SubmitResult:
         """Send one message on this connection; see :func:`smtpsubmit.asubmit_message`."""
         with self._exclusive("send"):
@@ -409,6 +417,7 @@ class AsyncClient(_Base):
                     dsn=dsn,
                     progress=progress,
                     require_tls=require_tls,
+                    dkim=dkim,
                 )
             )
 

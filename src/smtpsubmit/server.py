@@ -13,8 +13,11 @@ import enum
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
+
+if TYPE_CHECKING:
+    from smtpsubmit.dkim import DkimSigner
 
 __all__ = ["Option", "Server"]
 
@@ -127,8 +130,14 @@ class Server:
     auth_mechanisms: tuple[str, ...] | None = None
     allow_plaintext_auth: bool = False
     disable_extensions: frozenset[str] = frozenset()
+    dkim: DkimSigner | tuple[DkimSigner, ...] | None = None  # signs every message sent
 
     def __post_init__(self) -> None:
+        if self.dkim is not None:
+            from smtpsubmit.dkim import as_signers
+
+            signers = as_signers(self.dkim)
+            object.__setattr__(self, "dkim", signers[0] if len(signers) == 1 else tuple(signers))
         if not isinstance(self.host, str) or not self.host.strip():
             raise ValueError("Server.host must be a non-empty host name or IP address")
         _check_text("host", self.host)
@@ -279,6 +288,8 @@ class Server:
             parts.append("allow_plaintext_auth=True")
         if self.disable_extensions:
             parts.append(f"disable_extensions={sorted(self.disable_extensions)!r}")
+        if self.dkim is not None:
+            parts.append(f"dkim={self.dkim!r}")
         return f"Server({', '.join(parts)})"
 
     __str__ = __repr__

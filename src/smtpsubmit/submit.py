@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from smtpsubmit.client import AsyncClient, Client
+from smtpsubmit.dkim.stream import Signers, as_signers
 from smtpsubmit.envelope import DSN
 from smtpsubmit.prepare import MessageInput, check_before_connecting
 from smtpsubmit.result import Progress, SubmitResult
@@ -26,6 +27,7 @@ def submit_message(
     dsn: DSN | None = None,
     progress: Callable[[Progress], object] | None = None,
     require_tls: bool = False,
+    dkim: Signers | None = None,
 ) -> SubmitResult:
     """Compose (when needed) and deliver one message to ``server``.
 
@@ -34,8 +36,11 @@ def submit_message(
     ``recipients=`` are required. Raises an :class:`~smtpsubmit.SmtpError`
     subclass for any network or server failure and a
     :class:`~smtpsubmit.MessageError` for bad input (before connecting).
+    ``dkim`` (a :class:`~smtpsubmit.DkimSigner` or several) signs the message,
+    in place of the server's ``dkim``.
     """
     check_before_connecting(message, sender, recipients)
+    as_signers(dkim)
     with Client(server) as client:
         return client.send(
             message,
@@ -44,6 +49,7 @@ def submit_message(
             dsn=dsn,
             progress=progress,
             require_tls=require_tls,
+            dkim=dkim,
         )
 
 
@@ -56,9 +62,11 @@ async def asubmit_message(
     dsn: DSN | None = None,
     progress: Callable[[Progress], object] | None = None,
     require_tls: bool = False,
+    dkim: Signers | None = None,
 ) -> SubmitResult:
     """The asyncio form of :func:`submit_message`, with the same behaviour."""
     check_before_connecting(message, sender, recipients)
+    as_signers(dkim)
     async with AsyncClient(server) as client:
         return await client.send(
             message,
@@ -67,4 +75,5 @@ async def asubmit_message(
             dsn=dsn,
             progress=progress,
             require_tls=require_tls,
+            dkim=dkim,
         )

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from smtpsubmit.dkim.stream import sign_source
 from smtpsubmit.errors import MessageError, SmtpError
 from smtpsubmit.prepare import MessageInput, prepare_submission
 from smtpsubmit.protocol import Capabilities, LineEndingNormalizer
@@ -98,6 +99,7 @@ def render(message: MessageInput, **envelope: Any) -> SentMessage:
         recipients=envelope.get("recipients"),
         dsn=envelope.get("dsn"),
     )
+    prepared, source = sign_source(prepared, source, envelope.get("dkim"))
     normalizer = LineEndingNormalizer()
     raw = b"".join(normalizer.feed(chunk) for chunk in source()) + normalizer.flush()
     ready = isinstance(message, bytes | bytearray | memoryview) or hasattr(message, "read")

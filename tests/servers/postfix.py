@@ -31,6 +31,8 @@ Ports (all on 127.0.0.1; attribute names of :class:`PostfixServer`):
                   ``ANVIL_CONNECTIONS`` connections (421 4.7.0 "too many connections") per
                   ``ANVIL_TIME_UNIT`` (anvil's time unit, shortened for every port; no other
                   port has a rate limit)
+``dkim_milter``   like ``plain`` with the milter at ``queue/opendkim.sock`` (tempfail when it
+                  is not running; tests/test_dkim_delivery.py starts OpenDKIM there)
 
 Recipients: ``alice|bob|carol|dave@example.test`` are Maildir users, any ``@example.org`` goes
 to the ``catchall`` Maildir, other ``@example.test`` users get 550 5.1.1, any ``@capture.test``
@@ -78,6 +80,7 @@ PORT_NAMES = (
     "nochunking",
     "strict8bit",
     "anvil",
+    "dkim_milter",
 )
 
 ANVIL_TIME_UNIT = 2  # seconds
@@ -108,6 +111,11 @@ PORT_OPTIONS: dict[str, tuple[str, ...]] = {
         f"smtpd_client_message_rate_limit={ANVIL_MESSAGES}",
         f"smtpd_client_recipient_rate_limit={ANVIL_RECIPIENTS}",
         f"smtpd_client_connection_rate_limit={ANVIL_CONNECTIONS}",
+        *_AFTER_TLS_AUTH,
+    ),
+    "dkim_milter": (
+        "smtpd_milters=unix:$queue_directory/opendkim.sock",
+        "milter_default_action=tempfail",
         *_AFTER_TLS_AUTH,
     ),
 }
@@ -326,6 +334,7 @@ class PostfixServer:
     nochunking: int
     strict8bit: int
     anvil: int
+    dkim_milter: int
     host: str = "127.0.0.1"
     hostname: str = HOSTNAME
     size_limit: int = SIZE_LIMIT

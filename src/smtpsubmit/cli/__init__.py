@@ -1,4 +1,4 @@
-"""The ``smtpsubmit`` command line: ``send``, ``sendmail``, ``probe`` and ``demo``.
+"""The ``smtpsubmit`` command line: ``send``, ``sendmail``, ``probe``, ``dkim`` and ``demo``.
 
 ``main(argv)`` returns a sysexits status (see :mod:`smtpsubmit.cli.errors`)
 and never raises, except ``KeyboardInterrupt`` as status 130. rich,
@@ -30,6 +30,7 @@ examples:
   smtpsubmit send --account work --to you@example.org --subject Hi --text 'Hello'
   printf 'To: you@example.org\\nSubject: Hi\\n\\nHello\\n' | smtpsubmit sendmail -t
   smtpsubmit probe smtp.example.org:587
+  smtpsubmit dkim keygen --selector s1 --domain example.org
 
 accounts (TOML, --config PATH or ~/.config/smtpsubmit/config.toml):
   default = "work"
@@ -57,7 +58,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from smtpsubmit import __version__
-    from smtpsubmit.cli import demo, probe, send, sendmail
+    from smtpsubmit.cli import demo, dkim, probe, send, sendmail
 
     parser = _Parser(
         prog="smtpsubmit",
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.register(sub)
     sendmail.register(sub)
     probe.register(sub)
+    dkim.register(sub)
     demo.register(sub)
     return parser
 

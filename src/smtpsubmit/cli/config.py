@@ -40,8 +40,10 @@ from smtpsubmit.server import Server
 
 __all__ = ["Account", "Config", "default_config_path", "load_config"]
 
-SERVER_KEYS = frozenset(f.name for f in fields(Server) if f.name != "_")
-EXTRA_KEYS = frozenset({"url", "password_command", "password_env", "from"})
+SERVER_KEYS = frozenset(f.name for f in fields(Server) if f.name not in ("_", "dkim"))
+EXTRA_KEYS = frozenset(
+    {"url", "password_command", "password_env", "from", "dkim_key", "dkim_selector", "dkim_domain"}
+)
 PATH_KEYS = ("ca_file", "ca_path", "client_cert", "client_key")
 _STR_KEYS = frozenset(
     {
@@ -55,6 +57,9 @@ _STR_KEYS = frozenset(
         "password_command",
         "password_env",
         "from",
+        "dkim_key",
+        "dkim_selector",
+        "dkim_domain",
         *PATH_KEYS,
     }
 )

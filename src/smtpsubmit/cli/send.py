@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from smtpsubmit.cli.dkim import add_dkim_options, signer_from
 from smtpsubmit.cli.errors import MissingInput, UsageError
 from smtpsubmit.cli.options import (
     add_common_options,
@@ -137,6 +138,7 @@ def register(subparsers: Any) -> None:
         "--require-tls", action="store_true", help="REQUIRETLS (RFC 8689) for onward relaying"
     )
     add_connection_options(parser)
+    add_dkim_options(parser)
     add_common_options(parser, json_help="print the result (SubmitResult.as_dict()) as JSON")
     parser.set_defaults(run=run)
 
@@ -166,12 +168,13 @@ def run(args: argparse.Namespace) -> int:
         encoding=_encoding(args.encoding),
     )
     dsn = make_dsn(args.dsn, args.dsn_ret, args.dsn_envid, required=not args.dsn_optional)
+    dkim = signer_from(args, account, message.sender)
     server = build_server(args, account)
     bar = ProgressBar()
     try:
         with print_transcript_to(sys.stderr if args.verbose else None):
             result = submit_message(
-                message, server, dsn=dsn, progress=bar, require_tls=args.require_tls
+                message, server, dsn=dsn, progress=bar, require_tls=args.require_tls, dkim=dkim
             )
     finally:
         bar.close()

@@ -24,6 +24,7 @@ from typing import Any
 
 from smtpsubmit import ready
 from smtpsubmit.addresses import Address, parse_address
+from smtpsubmit.cli.dkim import add_dkim_options, signer_from
 from smtpsubmit.cli.errors import ConfigError, UsageError
 from smtpsubmit.cli.options import (
     add_common_options,
@@ -119,6 +120,7 @@ def build_parser(parser_class: type[argparse.ArgumentParser]) -> argparse.Argume
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_connection_options(parser)
+    add_dkim_options(parser)
     add_common_options(parser, json_help="print the result as JSON on stdout")
     return parser
 
@@ -227,12 +229,13 @@ def run(argv: list[str], parser_class: type[argparse.ArgumentParser]) -> int:
         )
     data, sender, recipients = prepare(raw, opts, account.get("from") if account else None)
     dsn = _dsn(opts)
+    dkim = signer_from(args, account, sender)
     server = build_server(args, account)
     bar = ProgressBar()
     try:
         with print_transcript_to(sys.stderr if args.verbose else None):
             result = submit_message(
-                data, server, sender=sender, recipients=recipients, dsn=dsn, progress=bar
+                data, server, sender=sender, recipients=recipients, dsn=dsn, progress=bar, dkim=dkim
             )
     finally:
         bar.close()
