@@ -20,6 +20,9 @@ PACKAGES=(
     msmtp         # second client for SCRAM-SHA-* / DIGEST-MD5 interop checks
     procps        # ps / pgrep, used to check that nothing is left running
     iproute2      # ss, to inspect listeners (port collisions, see notes on SO_REUSEPORT)
+    nsd           # authoritative DNS for the direct-delivery tests (tests/servers/dns.py)
+    unbound       # validating resolver there: the AD bit DANE relies on is real
+    ldnsutils     # ldns-signzone / ldns-keygen: DNSSEC-signs the test zones
 )
 
 missing=()

@@ -6,6 +6,7 @@ submit_message(Message(sender="me@example.org", to="you@example.org", text="Hi")
 """
 
 from smtpsubmit.client import AsyncClient, Client
+from smtpsubmit.direct import DirectResult, DomainResult, deliver_direct
 from smtpsubmit.envelope import DSN, Envelope
 from smtpsubmit.errors import (
     AuthError,
@@ -52,6 +53,8 @@ __all__ = [
     "ConnectError",
     "DataRefused",
     "DeliveryStatusUnknown",
+    "DirectResult",
+    "DomainResult",
     "Encoding",
     "Envelope",
     "ExtensionUnavailable",
@@ -76,5 +79,6 @@ __all__ = [
     "Transport",
     "__version__",
     "asubmit_message",
+    "deliver_direct",
     "submit_message",
 ]

@@ -7,8 +7,10 @@ served by NSD (authoritative), and resolved through Unbound with the test
 zone's key as its trust anchor, so Unbound sets AD on validated answers.
 
 ``start_dns(zones)`` takes ``{origin: [record lines]}``; every zone is signed
-unless listed in ``unsigned`` (delegate an unsigned child without a DS record
-to get answers without AD). Both daemons run in the foreground from a temp
+unless listed in ``unsigned`` (answers without AD: no trust anchor covers
+it). Zones listed in ``bogus`` are signed with one key while Unbound trusts
+another, so validation fails and Unbound answers SERVFAIL, as it would for
+forged answers. Both daemons run in the foreground from a temp
 directory on free ports and are stopped by ``DnsServer.stop()``. Unbound
 blocks ``.test`` by default (RFC 6761 local zones); the config turns that off.
 Packages: nsd, unbound, ldnsutils (scripts/install-system-deps.sh).
@@ -100,7 +102,11 @@ class DnsServer:
 
 
 def start_dns(
-    zones: Mapping[str, Iterable[str]], *, unsigned: Iterable[str] = (), ttl: int = 60
+    zones: Mapping[str, Iterable[str]],
+    *,
+    unsigned: Iterable[str] = (),
+    bogus: Iterable[str] = (),
+    ttl: int = 60,
 ) -> DnsServer:
     """Write, sign and serve ``zones``; return once Unbound answers a validated query."""
     for tool in (NSD, UNBOUND, SIGNZONE, KEYGEN):
@@ -109,7 +115,7 @@ def start_dns(
     root = Path(tempfile.mkdtemp(prefix="smtpsubmit-dns-"))
     server = DnsServer(root, free_udp_tcp_port(), free_udp_tcp_port())
     try:
-        anchors = _write_zones(root, zones, set(unsigned), ttl)
+        anchors = _write_zones(root, zones, set(unsigned), set(bogus), ttl)
         _write_nsd_conf(root, server.authoritative_port, zones, set(unsigned))
         _write_unbound_conf(root, server, zones, anchors)
         server.processes.append(_spawn([NSD, "-d", "-c", str(root / "nsd.conf")], root))
@@ -125,8 +131,19 @@ def _origin(name: str) -> str:
     return name.rstrip(".") + "."
 
 
+def _keygen(root: Path, origin: str) -> str:
+    return subprocess.run(
+        [KEYGEN, "-a", "ECDSAP256SHA256", "-k", origin],
+        cwd=root, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
 def _write_zones(
-    root: Path, zones: Mapping[str, Iterable[str]], unsigned: set[str], ttl: int
+    root: Path,
+    zones: Mapping[str, Iterable[str]],
+    unsigned: set[str],
+    bogus: set[str],
+    ttl: int,
 ) -> list[Path]:
     anchors = []
     for name, records in zones.items():
@@ -140,15 +157,14 @@ def _write_zones(
         zone.write_text(text)
         if name in unsigned:
             continue
-        key = subprocess.run(
-            [KEYGEN, "-a", "ECDSAP256SHA256", "-k", origin],
-            cwd=root, check=True, capture_output=True, text=True,
-        ).stdout.strip()
+        key = _keygen(root, origin)
         subprocess.run(
             [SIGNZONE, "-f", str(zone) + ".signed", str(zone), key],
             cwd=root, check=True, capture_output=True,
         )
-        anchors.append(root / f"{key}.key")
+        # A bogus zone: Unbound trusts a key that signed nothing, so nothing validates.
+        anchor = _keygen(root, origin) if name in bogus else key
+        anchors.append(root / f"{anchor}.key")
     return anchors
 
 
