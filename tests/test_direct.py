@@ -134,11 +134,16 @@ def test_three_domains_one_transaction_each(mxnet: MxNet, mx_hosts, tmp_path: Pa
     # the message writes domains in lower case (u5@alpha.test); grouping is by domain anyway
     assert sorted(result.accepted) == sorted(r.lower() for r in rcpts)
     assert list(result.domains) == ["alpha.test", "fallback.test", "equal.test"]
-    assert [m.rcpt_tos for m in mx1.messages] == [["u1@alpha.test", "u3@alpha.test", "u5@alpha.test"]]
+    assert [m.rcpt_tos for m in mx1.messages] == [
+        ["u1@alpha.test", "u3@alpha.test", "u5@alpha.test"]
+    ]
     assert [m.rcpt_tos for m in fallback.messages] == [["u2@fallback.test"]]
     assert len(a.messages) + len(b.messages) == 1
     # the same message (same Message-ID) went to every domain
-    ids = {m.content.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in mx1.messages + fallback.messages}
+    ids = {
+        m.content.split(b"Message-ID: ")[1].split(b"\r\n")[0]
+        for m in mx1.messages + fallback.messages
+    }
     assert len(ids) == 1 and result.message_id in ids.pop().decode()
 
 
@@ -156,13 +161,22 @@ def test_refusal_per_recipient_is_kept(mxnet: MxNet, tmp_path: Path) -> None:
     fake = FakeSMTP(
         [
             Send(b"220 fake ESMTP\r\n"),
-            Expect(rb"EHLO sender\.test"), Send(ehlo_reply("8BITMIME")),
-            Expect(rb"MAIL FROM:<app@sender\.test>.*"), Send(b"250 ok\r\n"),
-            Expect(rb"RCPT TO:<ok@fallback\.test>"), Send(b"250 ok\r\n"),
-            Expect(rb"RCPT TO:<gone@fallback\.test>"), Send(b"550 5.1.1 no such user\r\n"),
-            Expect(rb"RCPT TO:<later@fallback\.test>"), Send(b"450 4.2.1 mailbox busy\r\n"),
-            Expect(rb"DATA"), Send(b"354 go\r\n"), ReadData(), Send(b"250 queued\r\n"),
-            Expect(rb"QUIT"), Send(b"221 bye\r\n"),
+            Expect(rb"EHLO sender\.test"),
+            Send(ehlo_reply("8BITMIME")),
+            Expect(rb"MAIL FROM:<app@sender\.test>.*"),
+            Send(b"250 ok\r\n"),
+            Expect(rb"RCPT TO:<ok@fallback\.test>"),
+            Send(b"250 ok\r\n"),
+            Expect(rb"RCPT TO:<gone@fallback\.test>"),
+            Send(b"550 5.1.1 no such user\r\n"),
+            Expect(rb"RCPT TO:<later@fallback\.test>"),
+            Send(b"450 4.2.1 mailbox busy\r\n"),
+            Expect(rb"DATA"),
+            Send(b"354 go\r\n"),
+            ReadData(),
+            Send(b"250 queued\r\n"),
+            Expect(rb"QUIT"),
+            Send(b"221 bye\r\n"),
         ],
         host=HOSTS["fallback.test"][0],
         port=mxnet.smtp_port,

@@ -97,7 +97,9 @@ def leaf_der() -> bytes:
 
 
 @pytest.mark.parametrize(("selector", "matching"), [(s, m) for s in (0, 1) for m in (0, 1, 2)])
-def test_dane_ee_selectors_and_matching_types(leaf_der: bytes, selector: int, matching: int) -> None:
+def test_dane_ee_selectors_and_matching_types(
+    leaf_der: bytes, selector: int, matching: int
+) -> None:
     selected = leaf_der if selector == 0 else spki_of(leaf_der)
     data = {0: selected, 1: hashlib.sha256(selected).digest(), 2: hashlib.sha512(selected).digest()}
     record = parse_tlsa(f"3 {selector} {matching} {data[matching].hex()}")
@@ -115,4 +117,9 @@ def test_dane_ta_and_pkix_usages_are_not_matched(leaf_der: bytes) -> None:
 
 def test_tlsa_presentation_form_with_spaces() -> None:
     record = parse_tlsa("3 1 1 ABCD EF01")
-    assert (record.usage, record.selector, record.matching, record.data) == (3, 1, 1, b"\xab\xcd\xef\x01")
+    assert (record.usage, record.selector, record.matching, record.data) == (
+        3,
+        1,
+        1,
+        b"\xab\xcd\xef\x01",
+    )

@@ -134,7 +134,10 @@ def _origin(name: str) -> str:
 def _keygen(root: Path, origin: str) -> str:
     return subprocess.run(
         [KEYGEN, "-a", "ECDSAP256SHA256", "-k", origin],
-        cwd=root, check=True, capture_output=True, text=True,
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
 
 
@@ -160,7 +163,9 @@ def _write_zones(
         key = _keygen(root, origin)
         subprocess.run(
             [SIGNZONE, "-f", str(zone) + ".signed", str(zone), key],
-            cwd=root, check=True, capture_output=True,
+            cwd=root,
+            check=True,
+            capture_output=True,
         )
         # A bogus zone: Unbound trusts a key that signed nothing, so nothing validates.
         anchor = _keygen(root, origin) if name in bogus else key
@@ -218,15 +223,22 @@ def _write_unbound_conf(
     lines += [f'  local-zone: "{tld}" nodefault' for tld in sorted(tlds)]
     lines += ["remote-control:", "  control-enable: no"]
     for name in zones:
-        lines += ["stub-zone:", f'  name: "{_origin(name)}"',
-                  f"  stub-addr: 127.0.0.1@{server.authoritative_port}"]
+        lines += [
+            "stub-zone:",
+            f'  name: "{_origin(name)}"',
+            f"  stub-addr: 127.0.0.1@{server.authoritative_port}",
+        ]
     (root / "unbound.conf").write_text("\n".join(lines) + "\n")
 
 
 def _spawn(argv: list[str], root: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603 - fixed binaries, our own config
-        argv, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+    return subprocess.Popen(
+        argv,
+        cwd=root,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

@@ -100,7 +100,12 @@ def zones(port: int, tlsa_good: str, tlsa_other: str) -> dict[str, list[str]]:
         return f'_mta-sts IN TXT "v=STSv1; id={policy_id};"'
 
     return {
-        "alpha.test": ["@ IN MX 10 mx1", "@ IN MX 20 mx2", _a("mx1.alpha.test"), _a("mx2.alpha.test")],
+        "alpha.test": [
+            "@ IN MX 10 mx1",
+            "@ IN MX 20 mx2",
+            _a("mx1.alpha.test"),
+            _a("mx2.alpha.test"),
+        ],
         "equal.test": ["@ IN MX 10 a", "@ IN MX 10 b", _a("a.equal.test"), _a("b.equal.test")],
         "fallback.test": [_a("fallback.test")],
         "nullmx.test": ["@ IN MX 0 ."],
@@ -108,19 +113,33 @@ def zones(port: int, tlsa_good: str, tlsa_other: str) -> dict[str, list[str]]:
         "bogus.test": ["@ IN MX 10 mx", _a("mx.bogus.test")],
         "dane.test": ["@ IN MX 10 mx", _a("mx.dane.test"), f"{tlsa}.mx IN TLSA 3 1 1 {tlsa_good}"],
         "danebad.test": [
-            "@ IN MX 10 mx", _a("mx.danebad.test"), f"{tlsa}.mx IN TLSA 3 1 1 {tlsa_other}"
+            "@ IN MX 10 mx",
+            _a("mx.danebad.test"),
+            f"{tlsa}.mx IN TLSA 3 1 1 {tlsa_other}",
         ],
         "danenotls.test": [
-            "@ IN MX 10 mx", _a("mx.danenotls.test"), f"{tlsa}.mx IN TLSA 3 1 1 {tlsa_good}"
+            "@ IN MX 10 mx",
+            _a("mx.danenotls.test"),
+            f"{tlsa}.mx IN TLSA 3 1 1 {tlsa_good}",
         ],
-        "plain.test": ["@ IN MX 10 mx", _a("mx.plain.test"), f"{tlsa}.mx IN TLSA 3 1 1 {tlsa_other}"],
+        "plain.test": [
+            "@ IN MX 10 mx",
+            _a("mx.plain.test"),
+            f"{tlsa}.mx IN TLSA 3 1 1 {tlsa_other}",
+        ],
         "sts.test": ["@ IN MX 10 mx", _a("mx.sts.test"), txt("20260101"), *sts],
         "stsother.test": [
-            "@ IN MX 10 rogue", "@ IN MX 20 mx", _a("rogue.stsother.test"),
-            _a("mx.stsother.test"), txt("1"), *sts,
+            "@ IN MX 10 rogue",
+            "@ IN MX 20 mx",
+            _a("rogue.stsother.test"),
+            _a("mx.stsother.test"),
+            txt("1"),
+            *sts,
         ],
         "stsbadcert.test": ["@ IN MX 10 mx", _a("mx.stsbadcert.test"), txt("1"), *sts],
         "ststesting.test": ["@ IN MX 10 mx", _a("mx.ststesting.test"), txt("7"), *sts],
+        # announces a policy that the policy server does not have (HTTP 404)
+        "stsmissing.test": ["@ IN MX 10 mx2.alpha.test.", txt("1"), *sts],
     }
 
 
@@ -230,16 +249,16 @@ def mxnet(tls_ca: trustme.CA, ca_file: str) -> Iterator[MxNet]:
             contexts[name], ders[name] = _leaf(tls_ca if kind == "good" else rogue, name)
     good = hashlib.sha256(spki_of(ders["mx.dane.test"])).hexdigest()
     other = hashlib.sha256(spki_of(_leaf(rogue, "other.test")[1])).hexdigest()
-    dns = start_dns(
-        zones(smtp_port, good, other), unsigned=["plain.test"], bogus=["bogus.test"]
-    )
-    leaf = tls_ca.issue_cert(*(f"mta-sts.{d}" for d in POLICIES))
+    dns = start_dns(zones(smtp_port, good, other), unsigned=["plain.test"], bogus=["bogus.test"])
+    leaf = tls_ca.issue_cert(*(f"mta-sts.{d}" for d in [*POLICIES, "stsmissing.test"]))
     policy_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     leaf.configure_cert(policy_ctx)
     httpd = http.server.ThreadingHTTPServer((POLICY_ADDRESS, https_port), PolicyHandler)
     httpd.requests = Counter()  # type: ignore[attr-defined]
     httpd.socket = policy_ctx.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    )
     thread.start()
     try:
         yield MxNet(dns, smtp_port, https_port, ca_file, contexts, httpd)

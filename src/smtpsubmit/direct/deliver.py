@@ -262,14 +262,13 @@ class _Delivery:
         options = Option.SECURE | (Option.TRUSTEDSITE if dane else Option.NONE)
         client = Client(self._server(host, address, options))
         policy_type = "tlsa" if dane else "sts"
+        error: TlsError | None = None
         try:
             client.connect()
         except TlsError as exc:
             result.tls_failures.append(TlsFailure(_rpt_type(exc), policy_type, host.name, address))
             # The policy, not the host, forbids going on: the next MX, or later, may do better.
             error = TlsError(str(exc), reply=exc.reply, stage=exc.stage, is_temporary=True)
-        else:
-            error = None
         if error is not None:
             raise error
         if not dane:
