@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from smtpsubmit.cli import mx
 from smtpsubmit.cli.errors import MissingInput, UsageError
 from smtpsubmit.cli.options import (
     add_common_options,
@@ -137,6 +138,7 @@ def register(subparsers: Any) -> None:
         "--require-tls", action="store_true", help="REQUIRETLS (RFC 8689) for onward relaying"
     )
     add_connection_options(parser)
+    mx.add_direct_options(parser)
     add_common_options(parser, json_help="print the result (SubmitResult.as_dict()) as JSON")
     parser.set_defaults(run=run)
 
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     from smtpsubmit.message import Message
     from smtpsubmit.submit import submit_message
 
-    account = resolve_account(args, explicit_server=bool(args.server or args.host))
+    explicit = bool(args.server or args.host or args.direct)
+    account = resolve_account(args, explicit_server=explicit)
     sender = args.sender or (account.get("from") if account else None)
     if not sender:
         raise UsageError("no sender: give --from ADDR (or `from` in the account)")
@@ -165,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         charset=args.charset,
         encoding=_encoding(args.encoding),
     )
+    if args.direct:
+        return mx.run_direct(args, message)
     dsn = make_dsn(args.dsn, args.dsn_ret, args.dsn_envid, required=not args.dsn_optional)
     server = build_server(args, account)
     bar = ProgressBar()
