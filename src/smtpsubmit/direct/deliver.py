@@ -39,6 +39,14 @@ import dns.resolver
 from smtpsubmit.client import Client
 from smtpsubmit.direct.dane import Tlsa, match_leaf, parse_tlsa
 from smtpsubmit.direct.mta_sts import Policy, PolicyCache, discover
+from smtpsubmit.direct.outcome import (
+    dns_error,
+    give_up,
+    not_listed,
+    rpt_type,
+    settle,
+    with_error,
+)
 from smtpsubmit.direct.resolve import (
     DnsFailure,
     MxHost,
@@ -57,8 +65,6 @@ from smtpsubmit.errors import (
     SmtpError,
     TlsError,
 )
-from smtpsubmit.reply import Reply
-from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Option, Server
 from smtpsubmit.submit import MessageInput, _check_before_connecting, _is_message
 
@@ -108,7 +114,7 @@ class _Delivery:
         try:
             mx = lookup_mx(self.resolver, domain, self.rng)
         except DnsFailure as exc:
-            _give_up(result, _dns_error(exc, domain), recipients)
+            give_up(result, dns_error(exc, domain), recipients)
             return result
         policy = self._policy(domain, result)
         result.policy = f"mta-sts:{policy.mode}" if policy else "none"  # type: ignore[assignment]
@@ -118,7 +124,7 @@ class _Delivery:
             if error is None:
                 return result
             last = error
-        _give_up(result, last or ConnectError(f"no MX host of {domain} could be tried"), recipients)
+        give_up(result, last or ConnectError(f"no MX host of {domain} could be tried"), recipients)
         return result
 
     def _policy(self, domain: str, result: DomainResult) -> Policy | None:
@@ -149,7 +155,7 @@ class _Delivery:
             addresses = lookup_addresses(self.resolver, host.name)
             mode = self._mode(result, host, addresses.secure, policy)
         except DnsFailure as exc:
-            return _dns_error(exc, host.name)
+            return dns_error(exc, host.name)
         if mode is None:
             return TlsError(
                 f"the MTA-STS policy of {result.domain} (enforce) does not list the MX host "
@@ -191,7 +197,7 @@ class _Delivery:
             )
             if policy.mode == "enforce":
                 result.attempts.append(
-                    MxAttempt(host.name, "", "mta-sts:enforce", error=_not_listed(host))
+                    MxAttempt(host.name, "", "mta-sts:enforce", error=not_listed(host))
                 )
                 return None
         if policy.mode == "enforce":
@@ -213,21 +219,21 @@ class _Delivery:
         try:
             sent = client.send(self.message, sender=self.sender, recipients=rcpts)
         except RecipientsRefused as exc:
-            _settle(result, attempt, exc.refused, [], exc)
+            settle(result, attempt, exc.refused, [], exc)
             return None
         except DeliveryStatusUnknown as exc:  # another MX could duplicate the message
-            result.attempts.append(_with_error(attempt, exc))
-            _give_up(result, exc, rcpts, mx=host.name, tls=tls, verified=verified)
+            result.attempts.append(with_error(attempt, exc))
+            give_up(result, exc, rcpts, mx=host.name, tls=tls, verified=verified)
             return None
         except SmtpError as exc:
-            result.attempts.append(_with_error(attempt, exc))
+            result.attempts.append(with_error(attempt, exc))
             if exc.is_temporary or exc.stage in _SESSION_STAGES:
                 return exc
-            _give_up(result, exc, rcpts, mx=host.name, tls=tls, verified=verified)
+            give_up(result, exc, rcpts, mx=host.name, tls=tls, verified=verified)
             return None
         finally:
             self._forget_if_closed(client)
-        _settle(result, attempt, sent.refused, sent.accepted, None, sent=sent)
+        settle(result, attempt, sent.refused, sent.accepted, None, sent=sent)
         return None
 
     def _client(
@@ -266,7 +272,7 @@ class _Delivery:
         try:
             client.connect()
         except TlsError as exc:
-            result.tls_failures.append(TlsFailure(_rpt_type(exc), policy_type, host.name, address))
+            result.tls_failures.append(TlsFailure(rpt_type(exc), policy_type, host.name, address))
             # The policy, not the host, forbids going on: the next MX, or later, may do better.
             error = TlsError(str(exc), reply=exc.reply, stage=exc.stage, is_temporary=True)
         if error is not None:
@@ -303,7 +309,7 @@ class _Delivery:
                 failure = failure or exc
                 continue
             if mode.policy == "mta-sts:testing" and (failure or not client.is_tls):
-                kind = _rpt_type(failure) if failure else "starttls-not-supported"
+                kind = rpt_type(failure) if failure else "starttls-not-supported"
                 result.tls_failures.append(TlsFailure(kind, "sts", host.name, address))
             if not client.is_tls:
                 return client, None
@@ -322,100 +328,6 @@ class _Delivery:
         for client, _ in self.clients.values():
             client.close()
         self.clients.clear()
-
-
-# -- outcomes ---------------------------------------------------------------------------
-
-
-def _with_error(attempt: MxAttempt, error: SmtpError) -> MxAttempt:
-    return MxAttempt(
-        attempt.mx, attempt.address, attempt.policy, attempt.tls, attempt.tls_verified, error
-    )
-
-
-def _settle(
-    result: DomainResult,
-    attempt: MxAttempt,
-    refused: dict[str, Reply],
-    accepted: list[str],
-    error: SmtpError | None,
-    *,
-    sent: SubmitResult | None = None,
-) -> None:
-    """The MX host answered every recipient: record who was accepted, refused or deferred."""
-    result.attempts.append(_with_error(attempt, error) if error else attempt)
-    result.mx, result.tls, result.tls_verified = attempt.mx, attempt.tls, attempt.tls_verified
-    result.policy = attempt.policy
-    result.error = error
-    result.reply = sent.reply if sent else (error.reply if error else None)
-    result.accepted = list(accepted)
-    for address, reply in refused.items():
-        if reply.is_temporary:
-            result.deferred[address] = SmtpError(
-                f"{address} deferred by {attempt.mx}", reply=reply, stage="rcpt"
-            )
-        else:
-            result.refused[address] = reply
-
-
-def _give_up(
-    result: DomainResult,
-    error: SmtpError,
-    rcpts: Iterable[str],
-    *,
-    mx: str | None = None,
-    tls: str | None = None,
-    verified: bool | None = None,
-) -> None:
-    """No MX host took the message: every recipient is deferred or refused by ``error``."""
-    result.error, result.mx, result.tls, result.tls_verified = error, mx, tls, verified
-    if result.attempts:
-        result.policy = result.attempts[-1].policy
-    result.reply = error.reply
-    for address in rcpts:
-        if error.is_temporary:
-            result.deferred[address] = error
-        else:
-            result.refused[address] = error.reply or _local_reply(error)
-
-
-def _local_reply(error: SmtpError) -> Reply:
-    """The reply an MTA's bounce would carry for a failure no server answered."""
-    enhanced = "5.1.10" if getattr(error, "null_mx", False) else "5.1.2"
-    return Reply(550, f"{error} (generated locally)", enhanced)
-
-
-class _DnsError(ConnectError):
-    """A DNS answer stopped delivery (``null_mx`` for RFC 7505)."""
-
-    null_mx = False
-
-
-def _dns_error(exc: DnsFailure, name: str) -> SmtpError:
-    error = _DnsError(str(exc), stage="connect", is_temporary=exc.temporary)
-    error.null_mx = exc.null_mx
-    error.unknown_host = not exc.temporary
-    return error
-
-
-def _not_listed(host: MxHost) -> TlsError:
-    return TlsError(
-        f"{host.name} is not listed in the MTA-STS policy", stage="connect", is_temporary=True
-    )
-
-
-def _rpt_type(error: SmtpError | None) -> str:
-    """The RFC 8460 result type that best names a TLS failure."""
-    text = str(error).lower()
-    if "not offer" in text or "refused starttls" in text:
-        return "starttls-not-supported"
-    if "expired" in text:
-        return "certificate-expired"
-    if "does not match" in text:
-        return "certificate-host-mismatch"
-    if "certificate" in text:
-        return "certificate-not-trusted"
-    return "validation-failure"
 
 
 def _https_context(ca_file: str | None) -> ssl.SSLContext:
