@@ -193,6 +193,31 @@ def test_refusal_per_recipient_is_kept(mxnet: MxNet, tmp_path: Path) -> None:
     assert result.deferred["later@fallback.test"].reply.code == 450  # type: ignore[union-attr]
 
 
+def test_smtputf8_recipient_at_a_host_without_smtputf8_is_refused(
+    mxnet: MxNet, tmp_path: Path
+) -> None:
+    from tests.servers.fakesmtp import ehlo_reply
+
+    fake = FakeSMTP(
+        [
+            Send(b"220 fake ESMTP\r\n"),
+            Expect(rb"EHLO sender\.test"),
+            Send(ehlo_reply("8BITMIME")),  # no SMTPUTF8
+            Expect(rb"QUIT"),
+            Send(b"221 bye\r\n"),
+        ],
+        host=HOSTS["fallback.test"][0],
+        port=mxnet.smtp_port,
+    ).start()
+    try:
+        result = mxnet.deliver(message("jos\u00e9@fallback.test"), tmp_path)
+    finally:
+        fake.stop()
+    assert fake.errors == [] and fake.data == []
+    reply = result.refused["jos\u00e9@fallback.test"]
+    assert (reply.code, reply.enhanced) == (550, "5.6.7") and "SMTPUTF8" in reply.text
+
+
 def test_raw_message_needs_sender_and_recipients(mxnet: MxNet) -> None:
     with pytest.raises(MessageError):
         deliver_direct(b"Subject: x\r\n\r\nbody\r\n", resolver=mxnet.dns.resolver())

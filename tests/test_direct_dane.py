@@ -60,6 +60,18 @@ def test_tlsa_present_but_no_starttls_means_no_delivery(
     assert [f.result_type for f in domain.tls_failures] == ["starttls-not-supported"]
 
 
+def test_only_dane_ta_records_mean_tls_required_but_unauthenticated(
+    mxnet: MxNet, mx_hosts, tmp_path: Path
+) -> None:
+    # DANE-TA is not matched (see docs/direct.md): RFC 7672 §2.2's rule for unusable records
+    host = mx_hosts("mx.daneta.test")
+    result = mxnet.deliver(message("ann@daneta.test"), tmp_path)
+    domain = result.domains["daneta.test"]
+    assert result.accepted == ["ann@daneta.test"] and [m.tls for m in host.messages] == [True]
+    assert (domain.policy, domain.tls_verified) == ("dane", False)
+    assert [f.result_type for f in domain.tls_failures] == ["tlsa-invalid"]
+
+
 def test_tlsa_in_an_unsigned_zone_is_ignored(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
     # plain.test publishes a TLSA record that matches nothing, but no AD bit: not DANE
     host = mx_hosts("mx.plain.test")

@@ -56,6 +56,7 @@ HOSTS: dict[str, tuple[str, str | None]] = {
     "mx.ststesting.test": ("127.0.0.15", "rogue"),
     "mx.plain.test": ("127.0.0.16", "rogue"),
     "mx.bogus.test": ("127.0.0.17", "good"),
+    "mx.daneta.test": ("127.0.0.18", "rogue"),
 }
 
 POLICIES = {
@@ -92,7 +93,7 @@ def _a(name: str) -> str:
     return f"{name}. IN A {HOSTS[name][0]}"
 
 
-def zones(port: int, tlsa_good: str, tlsa_other: str) -> dict[str, list[str]]:
+def zones(port: int, tlsa_good: str, tlsa_other: str, tlsa_ta: str) -> dict[str, list[str]]:
     tlsa = f"_{port}._tcp"
     sts = [f"mta-sts IN A {POLICY_ADDRESS}"]
 
@@ -116,6 +117,11 @@ def zones(port: int, tlsa_good: str, tlsa_other: str) -> dict[str, list[str]]:
             "@ IN MX 10 mx",
             _a("mx.danebad.test"),
             f"{tlsa}.mx IN TLSA 3 1 1 {tlsa_other}",
+        ],
+        "daneta.test": [  # DANE-TA only: the rogue CA, which issued mx.daneta.test's certificate
+            "@ IN MX 10 mx",
+            _a("mx.daneta.test"),
+            f"{tlsa}.mx IN TLSA 2 0 1 {tlsa_ta}",
         ],
         "danenotls.test": [
             "@ IN MX 10 mx",
@@ -249,7 +255,10 @@ def mxnet(tls_ca: trustme.CA, ca_file: str) -> Iterator[MxNet]:
             contexts[name], ders[name] = _leaf(tls_ca if kind == "good" else rogue, name)
     good = hashlib.sha256(spki_of(ders["mx.dane.test"])).hexdigest()
     other = hashlib.sha256(spki_of(_leaf(rogue, "other.test")[1])).hexdigest()
-    dns = start_dns(zones(smtp_port, good, other), unsigned=["plain.test"], bogus=["bogus.test"])
+    ta = hashlib.sha256(ssl.PEM_cert_to_DER_cert(rogue.cert_pem.bytes().decode())).hexdigest()
+    dns = start_dns(
+        zones(smtp_port, good, other, ta), unsigned=["plain.test"], bogus=["bogus.test"]
+    )
     leaf = tls_ca.issue_cert(*(f"mta-sts.{d}" for d in [*POLICIES, "stsmissing.test"]))
     policy_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     leaf.configure_cert(policy_ctx)

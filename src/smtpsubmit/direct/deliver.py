@@ -60,7 +60,9 @@ from smtpsubmit.direct.result import DirectResult, DomainResult, MxAttempt, TlsF
 from smtpsubmit.errors import (
     ConnectError,
     DeliveryStatusUnknown,
+    ExtensionUnavailable,
     MessageError,
+    MessageTooLarge,
     RecipientsRefused,
     SmtpError,
     TlsError,
@@ -229,6 +231,8 @@ class _Delivery:
             result.attempts.append(with_error(attempt, exc))
             if exc.is_temporary or exc.stage in _SESSION_STAGES:
                 return exc
+            if isinstance(exc, ExtensionUnavailable | MessageTooLarge):
+                return exc  # another MX host may offer SMTPUTF8 or a larger SIZE
             give_up(result, exc, rcpts, mx=host.name, tls=tls, verified=verified)
             return None
         finally:

@@ -11,7 +11,13 @@ from collections.abc import Iterable
 
 from smtpsubmit.direct.resolve import DnsFailure, MxHost
 from smtpsubmit.direct.result import DomainResult, MxAttempt
-from smtpsubmit.errors import ConnectError, SmtpError, TlsError
+from smtpsubmit.errors import (
+    ConnectError,
+    ExtensionUnavailable,
+    MessageTooLarge,
+    SmtpError,
+    TlsError,
+)
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import SubmitResult
 
@@ -71,9 +77,16 @@ def give_up(
 
 
 def _local_reply(error: SmtpError) -> Reply:
-    """The reply an MTA's bounce would carry for a failure no server answered."""
-    enhanced = "5.1.10" if getattr(error, "null_mx", False) else "5.1.2"
-    return Reply(550, f"{error} (generated locally)", enhanced)
+    """The reply an MTA's bounce would carry for a failure no server answered (RFC 3463)."""
+    if isinstance(error, _DnsError):
+        code, enhanced = 550, "5.1.10" if error.null_mx else "5.1.2"  # RFC 7505 §4.2 / bad host
+    elif isinstance(error, MessageTooLarge):
+        code, enhanced = 552, "5.3.4"
+    elif isinstance(error, ExtensionUnavailable):
+        code, enhanced = 550, "5.6.7" if error.extension == "SMTPUTF8" else "5.5.1"
+    else:
+        code, enhanced = 550, "5.0.0"
+    return Reply(code, f"{error} (generated locally)", enhanced)
 
 
 class _DnsError(ConnectError):
