@@ -8,6 +8,7 @@ loopback address (or a scripted fake where a fault is needed).
 from __future__ import annotations
 
 import random
+import ssl
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from smtpsubmit import DirectResult, Message, deliver_direct
 from smtpsubmit.direct.resolve import group_by_domain, idna_domain
 from smtpsubmit.errors import MessageError
+from tests.servers.certs import make_server_context
 from tests.servers.fakesmtp import Expect, FakeSMTP, Send
 from tests.servers.mxnet import HOSTS, MxNet
 
@@ -87,6 +89,19 @@ def test_no_mx_falls_back_to_the_domain_address(mxnet: MxNet, mx_hosts, tmp_path
     assert result.domains["fallback.test"].mx == "fallback.test"
     assert result.domains["fallback.test"].tls is None  # no STARTTLS offered: plain text
     assert len(host.messages) == 1
+
+
+def test_opportunistic_tls_that_cannot_be_set_up_falls_back_to_plain_text(
+    mxnet: MxNet, mx_hosts, tmp_path: Path, tls_ca
+) -> None:
+    # STARTTLS offered, but only TLS 1.0, which the client refuses: no policy applies, so the
+    # message goes in plain text rather than not at all (RFC 7435), and the result says so.
+    old_tls = make_server_context(tls_ca, "fallback.test", tls_max=ssl.TLSVersion.TLSv1)
+    host = mx_hosts("fallback.test", context=old_tls)
+    result = mxnet.deliver(message("carol@fallback.test"), tmp_path)
+    domain = result.domains["fallback.test"]
+    assert result.accepted == ["carol@fallback.test"] and [m.tls for m in host.messages] == [False]
+    assert (domain.tls, domain.tls_verified, domain.policy) == (None, None, "none")
 
 
 def test_null_mx_is_a_permanent_failure_with_a_clear_reason(mxnet: MxNet, tmp_path: Path) -> None:

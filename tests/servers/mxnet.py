@@ -279,14 +279,17 @@ def mxnet(tls_ca: trustme.CA, ca_file: str) -> Iterator[MxNet]:
 
 @pytest.fixture
 def mx_hosts(mxnet: MxNet) -> Iterator[Callable[..., MxServer]]:
-    """``start(name, tls=True)``: an aiosmtpd MX for ``name`` at its address; stopped after."""
+    """``start(name, tls=True, context=None)``: an aiosmtpd MX for ``name`` at its address
+    (STARTTLS with ``context``, else the host's own certificate); stopped after the test."""
     started: list[MxServer] = []
 
-    def start(name: str, *, tls: bool = True) -> MxServer:
+    def start(name: str, *, tls: bool = True, context: ssl.SSLContext | None = None) -> MxServer:
         address, kind = HOSTS[name]
         handler = MxHandler()
         kwargs: dict[str, Any] = {}
-        if tls and kind is not None:
+        if context is not None:
+            kwargs["tls_context"] = context
+        elif tls and kind is not None:
             kwargs["tls_context"] = mxnet.contexts[name]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

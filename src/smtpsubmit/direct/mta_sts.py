@@ -16,6 +16,7 @@ expires (RFC 8461 §5.1), which is what protects it against downgrades.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -36,6 +37,7 @@ __all__ = ["Policy", "PolicyCache", "PolicyError", "default_cache_dir", "discove
 MAX_POLICY_SIZE = 64 * 1024
 MAX_AGE_LIMIT = 31557600  # RFC 8461 §3.2: at most about a year
 _ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
+_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,252}$")
 
 
 class PolicyError(Exception):
@@ -112,6 +114,8 @@ class PolicyCache:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
 
     def _path(self, domain: str) -> Path:
+        if not _SAFE_NAME.match(domain):  # never a path outside the directory
+            domain = hashlib.sha256(domain.encode()).hexdigest()
         return self.directory / f"{domain}.json"
 
     def get(self, domain: str) -> Policy | None:

@@ -73,8 +73,16 @@ class Records:
 
 
 def default_resolver(timeout: float) -> dns.resolver.Resolver:
-    """The system's resolver with the DO bit set, so a validating one reports AD."""
-    resolver = dns.resolver.Resolver()
+    """The system's resolver with the DO bit set, so a validating one reports AD.
+
+    Without a resolver configuration (no /etc/resolv.conf), a resolver on this
+    machine (127.0.0.1) is asked: what a mail host running Unbound would have.
+    """
+    try:
+        resolver = dns.resolver.Resolver()
+    except dns.resolver.NoResolverConfiguration:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
     resolver.lifetime = timeout
     resolver.use_edns(0, dns.flags.DO, 1232)
     return resolver
