@@ -27,9 +27,9 @@ def message(*to: str) -> Message:
     return Message(sender="app@sender.test", to=list(to), subject="direct", text="Hello MX.")
 
 
-def test_preferred_mx_down_second_takes_it(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
+def test_preferred_mx_down_second_takes_it(mxnet: MxNet, mx_hosts, tmp_path: Path, driver) -> None:
     mx2 = mx_hosts("mx2.alpha.test")  # mx1 (preference 10, 127.0.0.2) has nothing listening
-    result = mxnet.deliver(message("bob@alpha.test"), tmp_path)
+    result = mxnet.deliver(message("bob@alpha.test"), tmp_path, driver)
     assert result.accepted == ["bob@alpha.test"]
     domain = result.domains["alpha.test"]
     assert domain.mx == "mx2.alpha.test"
@@ -38,7 +38,9 @@ def test_preferred_mx_down_second_takes_it(mxnet: MxNet, mx_hosts, tmp_path: Pat
     assert [m.rcpt_tos for m in mx2.messages] == [["bob@alpha.test"]]
 
 
-def test_preferred_mx_answers_4xx_second_takes_it(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
+def test_preferred_mx_answers_4xx_second_takes_it(
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
+) -> None:
     busy = FakeSMTP(
         [Send(b"421 4.3.2 mx1 busy, try later\r\n"), Expect(rb"QUIT"), Send(b"221 bye\r\n")],
         host=HOSTS["mx1.alpha.test"][0],
@@ -46,7 +48,7 @@ def test_preferred_mx_answers_4xx_second_takes_it(mxnet: MxNet, mx_hosts, tmp_pa
     ).start()
     try:
         mx2 = mx_hosts("mx2.alpha.test")
-        result = mxnet.deliver(message("bob@alpha.test"), tmp_path)
+        result = mxnet.deliver(message("bob@alpha.test"), tmp_path, driver)
     finally:
         busy.stop()
     assert busy.connections == 1
@@ -104,8 +106,10 @@ def test_opportunistic_tls_that_cannot_be_set_up_falls_back_to_plain_text(
     assert (domain.tls, domain.tls_verified, domain.policy) == (None, None, "none")
 
 
-def test_null_mx_is_a_permanent_failure_with_a_clear_reason(mxnet: MxNet, tmp_path: Path) -> None:
-    result = mxnet.deliver(message("dave@nullmx.test"), tmp_path)
+def test_null_mx_is_a_permanent_failure_with_a_clear_reason(
+    mxnet: MxNet, tmp_path: Path, driver
+) -> None:
+    result = mxnet.deliver(message("dave@nullmx.test"), tmp_path, driver)
     reply = result.refused["dave@nullmx.test"]
     assert reply.code == 550 and reply.enhanced == "5.1.10"
     error = result.domains["nullmx.test"].error
@@ -121,10 +125,10 @@ def test_nxdomain_is_permanent(mxnet: MxNet, tmp_path: Path) -> None:
 
 
 def test_servfail_from_bogus_signatures_is_temporary(
-    mxnet: MxNet, mx_hosts, tmp_path: Path
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
 ) -> None:
     host = mx_hosts("mx.bogus.test")  # reachable, but DNS for the domain does not validate
-    result = mxnet.deliver(message("frank@bogus.test"), tmp_path)
+    result = mxnet.deliver(message("frank@bogus.test"), tmp_path, driver)
     assert list(result.deferred) == ["frank@bogus.test"]
     assert "SERVFAIL" in str(result.deferred["frank@bogus.test"])
     assert host.messages == []
@@ -140,12 +144,12 @@ def test_unreachable_resolver_is_temporary(mxnet: MxNet, tmp_path: Path) -> None
     assert result.deferred["gina@alpha.test"].is_temporary
 
 
-def test_three_domains_one_transaction_each(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
+def test_three_domains_one_transaction_each(mxnet: MxNet, mx_hosts, tmp_path: Path, driver) -> None:
     mx1 = mx_hosts("mx1.alpha.test")
     fallback = mx_hosts("fallback.test")
     a, b = mx_hosts("a.equal.test"), mx_hosts("b.equal.test")
     rcpts = ["u1@alpha.test", "u2@fallback.test", "u3@alpha.test", "u4@equal.test", "u5@Alpha.TEST"]
-    result = mxnet.deliver(message(*rcpts), tmp_path)
+    result = mxnet.deliver(message(*rcpts), tmp_path, driver)
     # the message writes domains in lower case (u5@alpha.test); grouping is by domain anyway
     assert sorted(result.accepted) == sorted(r.lower() for r in rcpts)
     assert list(result.domains) == ["alpha.test", "fallback.test", "equal.test"]
@@ -162,15 +166,17 @@ def test_three_domains_one_transaction_each(mxnet: MxNet, mx_hosts, tmp_path: Pa
     assert len(ids) == 1 and result.message_id in ids.pop().decode()
 
 
-def test_domains_sharing_an_mx_share_its_connection(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
+def test_domains_sharing_an_mx_share_its_connection(
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
+) -> None:
     mx2 = mx_hosts("mx2.alpha.test")  # mx1 is down: alpha.test goes to mx2, shared.test's only MX
-    result = mxnet.deliver(message("a@alpha.test", "b@shared.test"), tmp_path)
+    result = mxnet.deliver(message("a@alpha.test", "b@shared.test"), tmp_path, driver)
     assert sorted(result.accepted) == ["a@alpha.test", "b@shared.test"]
     assert [m.rcpt_tos for m in mx2.messages] == [["a@alpha.test"], ["b@shared.test"]]
     assert mx2.messages[0].connection == mx2.messages[1].connection  # two transactions, one session
 
 
-def test_refusal_per_recipient_is_kept(mxnet: MxNet, tmp_path: Path) -> None:
+def test_refusal_per_recipient_is_kept(mxnet: MxNet, tmp_path: Path, driver) -> None:
     from tests.servers.fakesmtp import ReadData, ehlo_reply
 
     fake = FakeSMTP(
@@ -198,7 +204,9 @@ def test_refusal_per_recipient_is_kept(mxnet: MxNet, tmp_path: Path) -> None:
     ).start()
     try:
         result = mxnet.deliver(
-            message("ok@fallback.test", "gone@fallback.test", "later@fallback.test"), tmp_path
+            message("ok@fallback.test", "gone@fallback.test", "later@fallback.test"),
+            tmp_path,
+            driver,
         )
     finally:
         fake.stop()

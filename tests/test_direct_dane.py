@@ -25,9 +25,11 @@ def message(*to: str) -> Message:
     return Message(sender="app@sender.test", to=list(to), subject="dane", text="Hello DANE.")
 
 
-def test_dane_ee_match_delivers_with_policy_dane(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
+def test_dane_ee_match_delivers_with_policy_dane(
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
+) -> None:
     host = mx_hosts("mx.dane.test")
-    result = mxnet.deliver(message("ann@dane.test"), tmp_path)
+    result = mxnet.deliver(message("ann@dane.test"), tmp_path, driver)
     domain = result.domains["dane.test"]
     assert result.accepted == ["ann@dane.test"]
     assert (domain.mx, domain.policy, domain.tls_verified) == ("mx.dane.test", "dane", True)
@@ -36,10 +38,10 @@ def test_dane_ee_match_delivers_with_policy_dane(mxnet: MxNet, mx_hosts, tmp_pat
 
 
 def test_dane_mismatch_sends_nothing_not_even_in_plain_text(
-    mxnet: MxNet, mx_hosts, tmp_path: Path
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
 ) -> None:
     host = mx_hosts("mx.danebad.test")
-    result = mxnet.deliver(message("ann@danebad.test"), tmp_path)
+    result = mxnet.deliver(message("ann@danebad.test"), tmp_path, driver)
     domain = result.domains["danebad.test"]
     assert result.accepted == [] and list(result.deferred) == ["ann@danebad.test"]
     assert domain.mx is None and domain.policy == "dane"
@@ -50,10 +52,10 @@ def test_dane_mismatch_sends_nothing_not_even_in_plain_text(
 
 
 def test_tlsa_present_but_no_starttls_means_no_delivery(
-    mxnet: MxNet, mx_hosts, tmp_path: Path
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
 ) -> None:
     host = mx_hosts("mx.danenotls.test")  # plain ESMTP, no STARTTLS offered
-    result = mxnet.deliver(message("ann@danenotls.test"), tmp_path)
+    result = mxnet.deliver(message("ann@danenotls.test"), tmp_path, driver)
     domain = result.domains["danenotls.test"]
     assert list(result.deferred) == ["ann@danenotls.test"] and host.messages == []
     assert domain.policy == "dane"
@@ -72,10 +74,12 @@ def test_only_dane_ta_records_mean_tls_required_but_unauthenticated(
     assert [f.result_type for f in domain.tls_failures] == ["tlsa-invalid"]
 
 
-def test_tlsa_in_an_unsigned_zone_is_ignored(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
+def test_tlsa_in_an_unsigned_zone_is_ignored(
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
+) -> None:
     # plain.test publishes a TLSA record that matches nothing, but no AD bit: not DANE
     host = mx_hosts("mx.plain.test")
-    result = mxnet.deliver(message("ann@plain.test"), tmp_path)
+    result = mxnet.deliver(message("ann@plain.test"), tmp_path, driver)
     domain = result.domains["plain.test"]
     assert result.accepted == ["ann@plain.test"]
     assert domain.policy == "none"

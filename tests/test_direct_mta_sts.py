@@ -24,10 +24,10 @@ def message(*to: str) -> Message:
 
 
 def test_enforce_with_listed_mx_and_valid_certificate_delivers(
-    mxnet: MxNet, mx_hosts, tmp_path: Path
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
 ) -> None:
     host = mx_hosts("mx.sts.test")
-    result = mxnet.deliver(message("ann@sts.test"), tmp_path)
+    result = mxnet.deliver(message("ann@sts.test"), tmp_path, driver)
     domain = result.domains["sts.test"]
     assert result.accepted == ["ann@sts.test"]
     assert (domain.policy, domain.mx, domain.tls_verified) == (
@@ -40,10 +40,10 @@ def test_enforce_with_listed_mx_and_valid_certificate_delivers(
 
 
 def test_enforce_skips_an_mx_the_policy_does_not_list(
-    mxnet: MxNet, mx_hosts, tmp_path: Path
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
 ) -> None:
     rogue, listed = mx_hosts("rogue.stsother.test"), mx_hosts("mx.stsother.test")
-    result = mxnet.deliver(message("ann@stsother.test"), tmp_path)
+    result = mxnet.deliver(message("ann@stsother.test"), tmp_path, driver)
     domain = result.domains["stsother.test"]
     assert rogue.messages == []  # preferred, valid certificate, but not in the policy
     assert domain.mx == "mx.stsother.test" and len(listed.messages) == 1
@@ -52,21 +52,21 @@ def test_enforce_skips_an_mx_the_policy_does_not_list(
 
 
 def test_enforce_with_untrusted_certificate_is_not_delivered(
-    mxnet: MxNet, mx_hosts, tmp_path: Path
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
 ) -> None:
     host = mx_hosts(
         "mx.stsbadcert.test"
     )  # the *.stsbadcert.test pattern matches; the cert does not
-    result = mxnet.deliver(message("ann@stsbadcert.test"), tmp_path)
+    result = mxnet.deliver(message("ann@stsbadcert.test"), tmp_path, driver)
     domain = result.domains["stsbadcert.test"]
     assert list(result.deferred) == ["ann@stsbadcert.test"] and host.messages == []
     assert domain.policy == "mta-sts:enforce" and domain.mx is None
     assert [f.result_type for f in domain.tls_failures] == ["certificate-not-trusted"]
 
 
-def test_testing_mode_delivers_and_reports(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
+def test_testing_mode_delivers_and_reports(mxnet: MxNet, mx_hosts, tmp_path: Path, driver) -> None:
     host = mx_hosts("mx.ststesting.test")  # untrusted certificate
-    result = mxnet.deliver(message("ann@ststesting.test"), tmp_path)
+    result = mxnet.deliver(message("ann@ststesting.test"), tmp_path, driver)
     domain = result.domains["ststesting.test"]
     assert result.accepted == ["ann@ststesting.test"] and len(host.messages) == 1
     assert domain.policy == "mta-sts:testing"
@@ -76,11 +76,13 @@ def test_testing_mode_delivers_and_reports(mxnet: MxNet, mx_hosts, tmp_path: Pat
     ]
 
 
-def test_policy_is_cached_on_disk_and_reused(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
+def test_policy_is_cached_on_disk_and_reused(
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
+) -> None:
     mx_hosts("mx.sts.test")
     before = mxnet.policy_requests["mta-sts.sts.test"]
-    first = mxnet.deliver(message("ann@sts.test"), tmp_path)
-    second = mxnet.deliver(message("bob@sts.test"), tmp_path)  # same cache directory
+    first = mxnet.deliver(message("ann@sts.test"), tmp_path, driver)
+    second = mxnet.deliver(message("bob@sts.test"), tmp_path, driver)  # same cache directory
     assert mxnet.policy_requests["mta-sts.sts.test"] == before + 1
     assert (
         first.domains["sts.test"].policy == second.domains["sts.test"].policy == "mta-sts:enforce"

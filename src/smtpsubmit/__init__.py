@@ -6,7 +6,7 @@ submit_message(Message(sender="me@example.org", to="you@example.org", text="Hi")
 """
 
 from smtpsubmit.client import AsyncClient, Client
-from smtpsubmit.direct import DirectResult, DomainResult, deliver_direct
+from smtpsubmit.direct import DirectResult, DomainResult, adeliver_direct, deliver_direct
 from smtpsubmit.envelope import DSN, Envelope
 from smtpsubmit.errors import (
     AuthError,
@@ -78,6 +78,7 @@ __all__ = [
     "TlsError",
     "Transport",
     "__version__",
+    "adeliver_direct",
     "asubmit_message",
     "deliver_direct",
     "submit_message",

@@ -221,10 +221,12 @@ class MxNet:
     def policy_requests(self) -> Counter[str]:
         return self.policy_server.requests  # type: ignore[attr-defined, no-any-return]
 
-    def deliver(self, message: Any, cache: Path, **kwargs: Any) -> DirectResult:
+    def deliver(self, message: Any, cache: Path, driver: Any = None, **kwargs: Any) -> DirectResult:
+        """``deliver_direct`` on this network (``driver``: tests/drivers.py, default sync)."""
         kwargs.setdefault("resolver", self.dns.resolver())
         kwargs.setdefault("timeout", 5.0)
-        return deliver_direct(
+        run = driver.deliver_direct if driver is not None else deliver_direct
+        return run(  # type: ignore[no-any-return]
             message,
             ca_file=self.ca_file,
             port=self.smtp_port,

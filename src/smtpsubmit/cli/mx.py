@@ -132,8 +132,13 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def _policy_report(resolver: Any, domain: str, args: argparse.Namespace, timeout: float) -> Any:
-    from smtpsubmit.direct.deliver import _https_context
-    from smtpsubmit.direct.mta_sts import PolicyError, fetch_policy, parse_policy, txt_id
+    from smtpsubmit.direct.mta_sts import (
+        PolicyError,
+        fetch_policy,
+        https_context,
+        parse_policy,
+        txt_id,
+    )
     from smtpsubmit.direct.resolve import DnsFailure
 
     try:
@@ -146,7 +151,7 @@ def _policy_report(resolver: Any, domain: str, args: argparse.Namespace, timeout
         text = fetch_policy(
             resolver,
             domain,
-            context=_https_context(args.ca_file),
+            context=https_context(args.ca_file),
             port=args.mta_sts_port,
             timeout=timeout,
         )

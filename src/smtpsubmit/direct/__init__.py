@@ -6,7 +6,7 @@ policy (RFC 8461) and its MX hosts' DANE TLSA records (RFC 7672). It sits
 above the drivers: every SMTP session is a :class:`~smtpsubmit.Client`.
 """
 
-from smtpsubmit.direct.deliver import deliver_direct
+from smtpsubmit.direct.deliver import adeliver_direct, deliver_direct
 from smtpsubmit.direct.mta_sts import PolicyCache
 from smtpsubmit.direct.result import DirectResult, DomainResult, MxAttempt, TlsFailure
 
@@ -16,5 +16,6 @@ __all__ = [
     "MxAttempt",
     "PolicyCache",
     "TlsFailure",
+    "adeliver_direct",
     "deliver_direct",
 ]

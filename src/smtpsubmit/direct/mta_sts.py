@@ -32,7 +32,16 @@ import dns.resolver
 
 from smtpsubmit.direct.resolve import DnsFailure, lookup, lookup_addresses
 
-__all__ = ["Policy", "PolicyCache", "PolicyError", "default_cache_dir", "discover", "mx_matches"]
+__all__ = [
+    "Discovery",
+    "Policy",
+    "PolicyCache",
+    "PolicyError",
+    "default_cache_dir",
+    "discover",
+    "https_context",
+    "mx_matches",
+]
 
 MAX_POLICY_SIZE = 64 * 1024
 MAX_AGE_LIMIT = 31557600  # RFC 8461 §3.2: at most about a year
@@ -134,6 +143,13 @@ class PolicyCache:
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(asdict(policy)), "utf-8")
             os.replace(tmp, path)
+
+
+def https_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verified, TLS >= 1.2; ``ca_file`` replaces the system store, as for ``Server``."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def txt_id(resolver: dns.resolver.Resolver, domain: str) -> str | None:
