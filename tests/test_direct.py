@@ -262,3 +262,21 @@ def test_grouping_uses_the_idna_domain() -> None:
     assert idna_domain("EXAMPLE.org.") == "example.org"
     with pytest.raises(ValueError):
         group_by_domain(["user@[127.0.0.1]"])
+
+
+def test_sync_and_async_delivery_cannot_drift() -> None:
+    import inspect
+    import typing
+
+    from smtpsubmit import adeliver_direct
+    from smtpsubmit.direct import deliver as drivers
+    from smtpsubmit.direct.flows import Request
+
+    assert inspect.signature(deliver_direct) == inspect.signature(adeliver_direct)
+    assert inspect.iscoroutinefunction(adeliver_direct)
+    names = {cls.__name__ for cls in typing.get_args(Request)}
+    assert names == {"Call", "Connect", "Transaction", "Close"}
+    for drive in (drivers._drive, drivers._adrive):
+        source = inspect.getsource(drive)
+        for name in names - {"Close"}:  # Close is the final else of both
+            assert f"isinstance(request, {name})" in source, (drive.__name__, name)
