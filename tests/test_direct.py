@@ -118,6 +118,13 @@ def test_null_mx_is_a_permanent_failure_with_a_clear_reason(
     assert result.deferred == {} and result.domains["nullmx.test"].attempts == []
 
 
+def test_no_mx_and_no_address_is_permanent(mxnet: MxNet, tmp_path: Path) -> None:
+    result = mxnet.deliver(message("x@nothing.fallback.test"), tmp_path)
+    reply = result.refused["x@nothing.fallback.test"]
+    assert (reply.code, reply.enhanced) == (550, "5.1.2")
+    assert "neither MX nor address records" in reply.text
+
+
 def test_nxdomain_is_permanent(mxnet: MxNet, tmp_path: Path) -> None:
     result = mxnet.deliver(message("erin@nosuch.alpha.test"), tmp_path)
     assert result.refused["erin@nosuch.alpha.test"].enhanced == "5.1.2"

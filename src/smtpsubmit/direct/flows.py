@@ -203,11 +203,13 @@ class Delivery:
                 is_temporary=True,
             )
         if not addresses.values:
-            return ConnectError(
-                f"the MX host {host.name} has no address",
-                stage="connect",
-                is_temporary=not host.implicit,  # no MX and no address: the domain takes no mail
-            )
+            if host.implicit:  # no MX and no address: the domain takes no mail (RFC 5321 §5.1)
+                failure = DnsFailure(
+                    f"{host.name} has neither MX nor address records", temporary=False
+                )
+            else:
+                failure = DnsFailure(f"the MX host {host.name} has no address", temporary=True)
+            return dns_error(failure, host.name)
         last: SmtpError | None = None
         for address in addresses.values:
             last = yield from self._address(result, host, address, mode, rcpts)
