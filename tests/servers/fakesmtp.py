@@ -48,8 +48,10 @@ Steps:
 
 When the script runs out, the server sends FIN, reads what is left (up to 1 s) and closes.
 
-``FakeSMTP(script)`` where ``script`` is a list of steps (run for every connection), a single
-``Responder``, or a callable ``f(connection_index) -> list of steps``.
+``FakeSMTP(script, host="127.0.0.1", port=0)`` (port 0: ephemeral; a fixed address and port
+let it stand in for an MX host of the direct-delivery tests) where ``script`` is a list of
+steps (run for every connection), a single ``Responder``, or a callable
+``f(connection_index) -> list of steps``.
 
 Records (per connection lists are indexed by accept order):
 

@@ -3,7 +3,7 @@
 ``mxnet`` (session scope) starts the real DNSSEC chain of :mod:`tests.servers.dns`
 with every scenario's zone, and an HTTPS policy server on 127.0.0.8 that
 serves each domain's ``/.well-known/mta-sts.txt`` by Host name and counts
-requests. MX hosts are started per test with ``mx_hosts(address, ...)``
+requests. MX hosts are started per test with ``mx_hosts(name, ...)``
 (aiosmtpd on ``address:mxnet.smtp_port``; STARTTLS with the certificate named
 for that host) and stopped at teardown. Ports are chosen free at start, so
 every ``deliver_direct`` call passes ``port=`` and ``mta_sts_port=``
