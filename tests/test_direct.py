@@ -11,6 +11,7 @@ import random
 import ssl
 from pathlib import Path
 
+import dns.resolver
 import pytest
 
 from smtpsubmit import DirectResult, Message, deliver_direct
@@ -142,8 +143,6 @@ def test_servfail_from_bogus_signatures_is_temporary(
 
 
 def test_unreachable_resolver_is_temporary(mxnet: MxNet, tmp_path: Path) -> None:
-    import dns.resolver
-
     dead = dns.resolver.Resolver(configure=False)
     dead.nameservers, dead.port, dead.lifetime = ["127.0.0.1"], 9, 1.0  # discard: nothing answers
     result = mxnet.deliver(message("gina@alpha.test"), tmp_path, resolver=dead)
@@ -251,6 +250,15 @@ def test_smtputf8_recipient_at_a_host_without_smtputf8_is_refused(
 def test_raw_message_needs_sender_and_recipients(mxnet: MxNet) -> None:
     with pytest.raises(MessageError):
         deliver_direct(b"Subject: x\r\n\r\nbody\r\n", resolver=mxnet.dns.resolver())
+
+
+def test_unreadable_ca_file_is_a_tls_error_before_any_lookup(tmp_path: Path) -> None:
+    from smtpsubmit import TlsError
+
+    dead = dns.resolver.Resolver(configure=False)
+    dead.nameservers, dead.port = ["127.0.0.1"], 9  # would defer, had it been asked
+    with pytest.raises(TlsError, match="cannot load the CA certificates"):
+        deliver_direct(message("a@alpha.test"), resolver=dead, ca_file=str(tmp_path / "none.pem"))
 
 
 def test_result_is_exported_and_serialisable(mxnet: MxNet, tmp_path: Path) -> None:

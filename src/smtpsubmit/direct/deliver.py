@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -22,10 +23,10 @@ import dns.resolver
 
 from smtpsubmit.client import AsyncClient, Client
 from smtpsubmit.direct.flows import Call, Connect, Delivery, Flow, T, Transaction
-from smtpsubmit.direct.mta_sts import PolicyCache
+from smtpsubmit.direct.mta_sts import PolicyCache, https_context
 from smtpsubmit.direct.resolve import DnsFailure, default_resolver, group_by_domain
 from smtpsubmit.direct.result import DirectResult
-from smtpsubmit.errors import MessageError, SmtpError
+from smtpsubmit.errors import MessageError, SmtpError, TlsError
 from smtpsubmit.submit import MessageInput, _check_before_connecting, _is_message
 
 __all__ = ["adeliver_direct", "deliver_direct"]
@@ -53,7 +54,8 @@ def deliver_direct(
 
     Never raises for a network, DNS or server fault: every recipient ends up
     in ``accepted``, ``refused`` or ``deferred`` of the :class:`DirectResult`.
-    Bad input (:class:`MessageError`) is raised before any lookup.
+    Bad input (:class:`MessageError`) and an unreadable ``ca_file``
+    (:class:`TlsError`) are raised before any lookup.
     ``resolver`` should be a validating resolver reached over a trusted path
     with the DO bit set (the default resolver sets it), or DANE never applies.
     ``port`` and ``mta_sts_port`` redirect SMTP and the policy fetch for test
@@ -115,6 +117,14 @@ def _prepare(args: dict[str, Any]) -> tuple[Delivery, dict[str, list[str]], Dire
         groups = group_by_domain(rcpts)
     except ValueError as exc:
         raise MessageError(str(exc)) from None
+    try:  # a bad ca_file is configuration: say so before any lookup, as Server does
+        https_context(args["ca_file"])
+    except (OSError, ssl.SSLError) as exc:
+        error = TlsError(
+            f"cannot load the CA certificates (ca_file={args['ca_file']!r}): {exc}",
+            stage="connect",
+        )
+        raise error from None
     cache = args["policy_cache"]
     run = Delivery(
         resolver=args["resolver"] or default_resolver(args["timeout"]),
