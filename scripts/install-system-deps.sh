@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the real-server test fixtures need (tests/servers/postfix.py):
 # Postfix (private instance per test session), Dovecot (SASL auth only), swaks and msmtp
-# (interop checks). Meant for CI on a fresh Debian 12 machine, run as root. Idempotent: when
+# (interop checks); NSD, Unbound and ldnsutils for the DNSSEC chain of tests/servers/dns.py. Meant for CI on a fresh Debian 12 machine, run as root. Idempotent: when
 # everything is already installed it returns at once without touching apt.
 #
 # It never starts a system service: the fixture runs its own private instances from a temp
@@ -22,6 +22,9 @@ PACKAGES=(
     iproute2      # ss, to inspect listeners (port collisions, see notes on SO_REUSEPORT)
     opendkim      # DKIM milter: verifies signed mail the Postfix fixture receives
     opendkim-tools  # opendkim-testkey etc.; no MTA dependency, so postfix stays
+    nsd           # authoritative DNS for the direct-delivery tests (tests/servers/dns.py)
+    unbound       # validating resolver there: the AD bit DANE relies on is real
+    ldnsutils     # ldns-signzone / ldns-keygen: DNSSEC-signs the test zones
 )
 
 missing=()

@@ -1,6 +1,7 @@
 """Run the same scenario through the sync Client and the AsyncClient.
 
-Tests parametrised with ``driver`` call ``driver.submit(...)`` or
+Tests parametrised with ``driver`` call ``driver.submit(...)``,
+``driver.deliver_direct(...)`` or
 ``driver.session(server, [call("send", ...), call("noop")])`` and get identical
 results from either, which is how the suite keeps the two drivers from drifting.
 """
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from smtpsubmit import AsyncClient, Client, Server, asubmit_message, submit_message
+from smtpsubmit.direct import adeliver_direct, deliver_direct
 
 RAW = (
     b"From: a@example.org\r\nTo: b@example.org\r\nSubject: test\r\n"
@@ -45,6 +47,9 @@ class SyncDriver:
                     out.append(exc)
         return out
 
+    def deliver_direct(self, message: Any, **kw: Any) -> Any:
+        return deliver_direct(message, **kw)
+
 
 class AsyncDriver:
     name = "async"
@@ -64,6 +69,9 @@ class AsyncDriver:
             return out
 
         return asyncio.run(main())
+
+    def deliver_direct(self, message: Any, **kw: Any) -> Any:
+        return asyncio.run(adeliver_direct(message, **kw))
 
 
 DRIVERS = [SyncDriver(), AsyncDriver()]

@@ -6,6 +6,7 @@ submit_message(Message(sender="me@example.org", to="you@example.org", text="Hi")
 """
 
 from smtpsubmit.client import AsyncClient, Client
+from smtpsubmit.direct import DirectResult, DomainResult, adeliver_direct, deliver_direct
 from smtpsubmit.dkim import DkimSigner
 from smtpsubmit.envelope import DSN, Envelope
 from smtpsubmit.errors import (
@@ -61,7 +62,9 @@ __all__ = [
     "ConnectError",
     "DataRefused",
     "DeliveryStatusUnknown",
+    "DirectResult",
     "DkimSigner",
+    "DomainResult",
     "Encoding",
     "Envelope",
     "ExtensionUnavailable",
@@ -88,6 +91,8 @@ __all__ = [
     "TlsError",
     "Transport",
     "__version__",
+    "adeliver_direct",
     "asubmit_message",
+    "deliver_direct",
     "submit_message",
 ]

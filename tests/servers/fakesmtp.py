@@ -48,8 +48,10 @@ Steps:
 
 When the script runs out, the server sends FIN, reads what is left (up to 1 s) and closes.
 
-``FakeSMTP(script)`` where ``script`` is a list of steps (run for every connection), a single
-``Responder``, or a callable ``f(connection_index) -> list of steps``.
+``FakeSMTP(script, host="127.0.0.1", port=0)`` (port 0: ephemeral; a fixed address and port
+let it stand in for an MX host of the direct-delivery tests) where ``script`` is a list of
+steps (run for every connection), a single ``Responder``, or a callable
+``f(connection_index) -> list of steps``.
 
 Records (per connection lists are indexed by accept order):
 
@@ -596,12 +598,13 @@ class FakeSMTP:
         script: Script,
         *,
         host: str = "127.0.0.1",
+        port: int = 0,
         rcvbuf: int | None = None,
         end_drain: float = 1.0,
     ) -> None:
         self.script = script
         self.host = host
-        self.port = 0
+        self.port = port  # 0: an ephemeral port
         if rcvbuf is None and _contains(script, StopReading):
             rcvbuf = 4096
         self.rcvbuf = rcvbuf
@@ -644,7 +647,7 @@ class FakeSMTP:
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.rcvbuf is not None:
             lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        lsock.bind((self.host, 0))
+        lsock.bind((self.host, self.port))
         lsock.listen(16)
         lsock.settimeout(_SLICE)
         self._listener = lsock

@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Any
 
+from smtpsubmit.cli import mx
 from smtpsubmit.cli.errors import EX_OK, UsageError
 from smtpsubmit.cli.options import (
     add_common_options,
@@ -70,6 +71,7 @@ def register(subparsers: Any) -> None:
         "target", metavar="SERVER", nargs="?", help="URL or host[:port] (default: the account's)"
     )
     add_connection_options(parser, with_server=False)
+    mx.add_probe_options(parser)
     add_common_options(parser, json_help="print the report as JSON on stdout")
     parser.set_defaults(run=run)
 
@@ -93,6 +95,8 @@ def _target_url(target: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.mx:
+        return mx.run_probe(args)
     explicit = bool(args.target or args.host)
     account = resolve_account(args, explicit_server=explicit)
     url = _target_url(args.target) if args.target else None

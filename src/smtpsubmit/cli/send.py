@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from smtpsubmit.cli import mx
 from smtpsubmit.cli.dkim import add_dkim_options, signer_from
 from smtpsubmit.cli.errors import MissingInput, UsageError
 from smtpsubmit.cli.options import (
@@ -139,6 +140,7 @@ def register(subparsers: Any) -> None:
     )
     add_connection_options(parser)
     add_dkim_options(parser)
+    mx.add_direct_options(parser)
     add_common_options(parser, json_help="print the result (SubmitResult.as_dict()) as JSON")
     parser.set_defaults(run=run)
 
@@ -147,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     from smtpsubmit.message import Message
     from smtpsubmit.submit import submit_message
 
-    account = resolve_account(args, explicit_server=bool(args.server or args.host))
+    explicit = bool(args.server or args.host or args.direct)
+    account = resolve_account(args, explicit_server=explicit)
     sender = args.sender or (account.get("from") if account else None)
     if not sender:
         raise UsageError("no sender: give --from ADDR (or `from` in the account)")
@@ -167,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         charset=args.charset,
         encoding=_encoding(args.encoding),
     )
+    if args.direct:
+        return mx.run_direct(args, message)
     dsn = make_dsn(args.dsn, args.dsn_ret, args.dsn_envid, required=not args.dsn_optional)
     dkim = signer_from(args, account, message.sender)
     server = build_server(args, account)
