@@ -1,0 +1,121 @@
+"""The outbox store for many workers on many machines: PostgreSQL through psycopg 3.
+
+Claims take rows with ``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent
+workers never block on, or double-claim, the same message; a lease
+(``lease_until``) lets another worker take over the mail of one that died.
+Enqueue sends ``NOTIFY smtpsubmit_outbox`` in the same transaction, so idle
+workers (``LISTEN``) wake the moment the row commits, not at the next poll.
+
+Each thread uses its own connection; the password of the database URL is
+never shown in an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from smtpsubmit.outbox.sql import Cursor, SqlStore, translate_errors
+from smtpsubmit.outbox.store import StoreError
+
+__all__ = ["CHANNEL", "PostgresStore", "redact_url"]
+
+CHANNEL = "smtpsubmit_outbox"
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - depends on the installed extras
+    psycopg = None  # type: ignore[assignment]
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _require_psycopg() -> Any:
+    if psycopg is None:
+        raise StoreError("a PostgreSQL outbox needs psycopg 3: pip install 'smtpsubmit[postgres]'")
+    return psycopg
+
+
+class PostgresStore(SqlStore):
+    """An outbox in a PostgreSQL database shared by any number of workers."""
+
+    blob_type = "BYTEA"
+    lock_clause = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str) -> None:
+        self._pg = _require_psycopg()
+        self.url = url
+        self._where = redact_url(url)
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+        self._listener: Any = None
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def _connect(self, *, autocommit: bool) -> Any:
+        with translate_errors((self._pg.Error,), f"cannot connect to the outbox {self._where}"):
+            conn = self._pg.connect(self.url, autocommit=autocommit)
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._connect(autocommit=True)
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self, connection: Any = None) -> Iterator[Cursor]:
+        if connection is not None:
+            if not isinstance(connection, self._pg.Connection):
+                raise TypeError("a PostgreSQL outbox needs a psycopg.Connection as connection=")
+            with translate_errors((self._pg.Error,), "cannot write to the outbox"):
+                yield connection.cursor()
+            return
+        conn = self._connection()
+        with translate_errors((self._pg.Error,), f"outbox {self._where}"), conn.transaction():
+            yield conn.cursor()
+
+    def _lock_schema(self, cur: Cursor) -> None:
+        # Two workers starting together must not both create the tables.
+        cur.execute("SELECT pg_advisory_xact_lock(7104316485)")
+
+    def _after_insert(self, cur: Cursor) -> None:
+        cur.execute(f"NOTIFY {CHANNEL}")
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until an enqueue commits (NOTIFY) or ``timeout`` passes."""
+        if timeout <= 0:
+            return
+        if self._listener is None or self._listener.closed:
+            self._listener = self._connect(autocommit=True)
+            with translate_errors((self._pg.Error,), f"outbox {self._where}"):
+                self._listener.execute(f"LISTEN {CHANNEL}")
+        with translate_errors((self._pg.Error,), f"outbox {self._where}"):
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+        self._listener = None
