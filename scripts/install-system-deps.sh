@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install the system packages the real-server test fixtures need (tests/servers/postfix.py):
-# Postfix (private instance per test session), Dovecot (SASL auth only), swaks and msmtp
-# (interop checks). Meant for CI on a fresh Debian 12 machine, run as root. Idempotent: when
+# Install the system packages the real-server test fixtures need (tests/servers/postfix.py,
+# tests/servers/postgres.py): Postfix (private instance per test session), Dovecot (SASL auth
+# only), swaks and msmtp (interop checks), PostgreSQL (a private cluster for the outbox tests;
+# it does not conflict with postfix). Meant for CI on a fresh Debian 12 machine, run as root. Idempotent: when
 # everything is already installed it returns at once without touching apt.
 #
 # It never starts a system service: the fixture runs its own private instances from a temp
@@ -20,6 +21,7 @@ PACKAGES=(
     msmtp         # second client for SCRAM-SHA-* / DIGEST-MD5 interop checks
     procps        # ps / pgrep, used to check that nothing is left running
     iproute2      # ss, to inspect listeners (port collisions, see notes on SO_REUSEPORT)
+    postgresql    # initdb/pg_ctl for the outbox tests' private cluster (tests/servers/postgres.py)
 )
 
 missing=()
@@ -59,6 +61,9 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# The tests make their own cluster; Debian's default "main" cluster would only take space.
+mkdir -p /etc/postgresql-common/createcluster.d
+echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/smtpsubmit-tests.conf
 
 apt-get update
 apt-get install -y --no-install-recommends "${missing[@]}"

@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.servers.aiosmtpd_server",
     "tests.servers.postfix",
     "tests.servers.proxy",
+    "tests.servers.postgres",
     "tests.drivers",
 ]
 

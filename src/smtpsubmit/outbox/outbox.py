@@ -296,7 +296,7 @@ class Outbox:
         unknowns = r.unknowns + (outcome is Outcome.UNKNOWN)
         reply = failure if isinstance(failure, Reply) else getattr(failure, "reply", None)
         code = reply.code if isinstance(reply, Reply) else None
-        text = str(failure)
+        text = reply.text if isinstance(reply, Reply) else str(failure)
         decision = self.policy.decide(
             outcome, r.attempts + 1, age, unknowns=unknowns, random=self.random
         )
