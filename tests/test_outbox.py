@@ -259,7 +259,7 @@ def test_no_password_reaches_the_database(
             ]
             assert "outbox_message" in tables
             for table in tables:
-                dump = conn.execute(f"SELECT t::text FROM {table} t").fetchall()  # noqa: S608
+                dump = conn.execute(f"SELECT t::text FROM {table} t").fetchall()
                 assert all(AUTH_PASSWORD not in row[0] for row in dump), table
                 assert all("alice" not in row[0] for row in dump), table
         box.close()
