@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -423,3 +425,26 @@ def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
         Outbox("postgresql://user:hunter2-CANARY@127.0.0.1:1/db")
     assert "hunter2-CANARY" not in str(info.value)
     assert "user:***@127.0.0.1:1" in str(info.value)
+
+
+def test_postgres_notify_wakes_an_idle_worker(postgres_url: str, smtp: AiosmtpdServer) -> None:
+    """An idle PostgreSQL worker polls only every 30 s: a delivery within seconds of the
+    enqueue proves LISTEN/NOTIFY woke it; stop() ends it promptly."""
+    from smtpsubmit.outbox.worker import Worker
+
+    box = Outbox(postgres_url, routes={"default": route(smtp)})
+    assert box.store.poll_interval == 30.0
+    worker = Worker(box, concurrency=2)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        time.sleep(0.5)  # both threads are idle, waiting
+        started = time.monotonic()
+        box.enqueue(message(1))
+        smtp.wait_for(1, timeout=10)
+        assert time.monotonic() - started < 5
+    finally:
+        worker.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    box.close()

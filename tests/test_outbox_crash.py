@@ -177,9 +177,11 @@ def test_q5_the_final_answer_is_lost(
 
 
 def run_workers(url: str, smtp: AiosmtpdServer, kill_ats: list[str | None]) -> list[int]:
+    """One process per entry, 2 threads each — 1 for the one that is to die, so that
+    exactly one message is in flight when it does."""
     procs = [
         subprocess.Popen(
-            worker_cmd(url, smtp, "--concurrency", "2"),
+            worker_cmd(url, smtp, "--concurrency", "1" if kill_at else "2"),
             env=env(kill_at),
             cwd=ROOT,
             stderr=subprocess.PIPE,

@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from smtpsubmit import __version__
-    from smtpsubmit.cli import demo, probe, send, sendmail
+    from smtpsubmit.cli import demo, probe, queue, send, sendmail, worker
 
     parser = _Parser(
         prog="smtpsubmit",
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     sendmail.register(sub)
     probe.register(sub)
     demo.register(sub)
+    worker.register(sub)
+    queue.register(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -53,6 +54,7 @@ class PostgresStore(SqlStore):
 
     blob_type = "BYTEA"
     lock_clause = " FOR UPDATE SKIP LOCKED"
+    poll_interval = 30.0  # NOTIFY wakes idle workers; this is only a safety net
 
     def __init__(self, url: str) -> None:
         self._pg = _require_psycopg()
@@ -61,7 +63,6 @@ class PostgresStore(SqlStore):
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()
-        self._listener: Any = None
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s")
@@ -99,17 +100,18 @@ class PostgresStore(SqlStore):
     def _after_insert(self, cur: Cursor) -> None:
         cur.execute(f"NOTIFY {CHANNEL}")
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until an enqueue commits (NOTIFY) or ``timeout`` passes."""
-        if timeout <= 0:
-            return
-        if self._listener is None or self._listener.closed:
-            self._listener = self._connect(autocommit=True)
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        """Sleep until an enqueue commits (NOTIFY), ``timeout`` passes or ``stop`` is set."""
+        listener = getattr(self._local, "listener", None)
+        if listener is None or listener.closed:
+            listener = self._local.listener = self._connect(autocommit=True)
             with translate_errors((self._pg.Error,), f"outbox {self._where}"):
-                self._listener.execute(f"LISTEN {CHANNEL}")
+                listener.execute(f"LISTEN {CHANNEL}")
+        deadline = time.monotonic() + timeout
         with translate_errors((self._pg.Error,), f"outbox {self._where}"):
-            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                pass
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                if any(True for _ in listener.notifies(timeout=min(left, 0.5), stop_after=1)):
+                    return
 
     def close(self) -> None:
         with self._lock:
@@ -118,4 +120,3 @@ class PostgresStore(SqlStore):
                     conn.close()
             self._all.clear()
         self._local = threading.local()
-        self._listener = None

@@ -17,6 +17,7 @@ recipients: ``queued``/``deferred`` (waiting), ``sending`` (under a lease),
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,9 @@ class RecipientUpdate:
 class Store(abc.ABC):
     """What the outbox needs from a database; every method commits before returning."""
 
+    #: How long an idle worker waits before looking again when nothing wakes it.
+    poll_interval = 1.0
+
     @abc.abstractmethod
     def migrate(self) -> int:
         """Create or upgrade the schema; return its version."""
@@ -140,11 +144,10 @@ class Store(abc.ABC):
     def next_due(self) -> float | None:
         """When the next waiting message becomes due (None: nothing waits)."""
 
-    def wait(self, timeout: float) -> None:
-        """Block up to ``timeout`` s or until new mail may be there (polling by default)."""
-        import time
-
-        time.sleep(max(0.0, timeout))
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        """Block up to ``timeout`` s, until new mail may be there, or until ``stop`` is set
+        (plain polling by default)."""
+        stop.wait(max(0.0, timeout))
 
     @abc.abstractmethod
     def stats(self, now: float) -> dict[str, Any]: ...

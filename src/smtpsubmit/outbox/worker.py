@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 log = logging.getLogger("smtpsubmit.outbox")
-IDLE_POLL = 1.0  # SQLite has no NOTIFY: how often an idle worker looks again
+IDLE_POLL = 1.0  # after a database error, how long before trying again
 
 
 class _KillHook:
@@ -163,28 +163,35 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 try:
-                    batch = self.outbox.store.claim(
-                        self.owner, self.batch_size, self.outbox.clock(), self.outbox.lease
-                    )
+                    if not self._step(senders):
+                        if stop_when_idle:
+                            return
+                        self._idle()
                 except StoreError as exc:
-                    log.warning("outbox: claim failed, retrying: %s", exc)
+                    # The database is away: keep trying; leases protect what was claimed.
+                    log.warning("outbox: database error, retrying: %s", exc)
                     self.stopping.wait(IDLE_POLL)
-                    continue
-                if batch:
-                    _hook("after-claim")
-                    self._work(batch, senders)
-                elif stop_when_idle:
-                    return
-                else:
-                    self._idle()
         finally:
             for sender in senders.values():
                 sender.close()
 
+    def _step(self, senders: dict[str, _RouteSender]) -> bool:
+        """Claim and deliver one batch; False (after waiting, unless idle stops) if none."""
+        outbox = self.outbox
+        batch = outbox.store.claim(self.owner, self.batch_size, outbox.clock(), outbox.lease)
+        if batch:
+            _hook("after-claim")
+            self._work(batch, senders)
+            return True
+        return False
+
     def _idle(self) -> None:
-        next_due = self.outbox.store.next_due()
-        wait = IDLE_POLL if next_due is None else next_due - self.outbox.clock()
-        self.outbox.store.wait(min(max(wait, 0.05), IDLE_POLL * 5))
+        store = self.outbox.store
+        next_due = store.next_due()
+        wait = store.poll_interval
+        if next_due is not None:
+            wait = min(wait, next_due - self.outbox.clock())
+        store.wait(max(wait, 0.05), self.stopping)
 
     def _work(self, batch: list[Claimed], senders: dict[str, _RouteSender]) -> None:
         for index, claimed in enumerate(batch):

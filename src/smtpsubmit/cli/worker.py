@@ -1,0 +1,126 @@
+"""``smtpsubmit worker``: deliver an outbox's mail until stopped.
+
+Routes are the accounts of the account file (§8): every ``[accounts.NAME]``
+is the route ``NAME``, and the default account is also the route
+``default``. Passwords come from the account (``password_command``,
+``password_env``) at start-up and stay in memory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from smtpsubmit.cli.config import load_config
+from smtpsubmit.cli.errors import EX_OK, EX_TEMPFAIL, CliError, ConfigError, UsageError
+from smtpsubmit.cli.options import build_server
+from smtpsubmit.server import Server
+
+DESCRIPTION = """\
+Claim queued messages from the outbox and deliver them, recording each
+recipient's outcome as soon as the server answers. Any number of workers may
+share one PostgreSQL outbox; a SQLite outbox is shared by the workers of one
+machine. SIGTERM (or Ctrl-C) finishes the messages in flight and stops.
+"""
+
+EPILOG = """\
+examples:
+  smtpsubmit worker                                     # the default SQLite outbox
+  smtpsubmit worker --outbox postgresql://mail@db/mail --concurrency 8
+  smtpsubmit worker --outbox sqlite:///var/spool/app/outbox.db --once   # from cron
+
+Routes are the accounts of the account file; the default account is also `default`.
+"""
+
+
+def add_outbox_option(parser: argparse.ArgumentParser, **kwargs: Any) -> None:
+    parser.add_argument(
+        "--outbox",
+        metavar="URL",
+        help="sqlite:///PATH or postgresql://… (default: $SMTPSUBMIT_OUTBOX, else a SQLite "
+        "file in the user's data directory)",
+        **kwargs,
+    )
+
+
+def outbox_url(args: argparse.Namespace) -> str | None:
+    return getattr(args, "outbox", None) or os.environ.get("SMTPSUBMIT_OUTBOX") or None
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "worker",
+        help="deliver the mail queued in an outbox",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_outbox_option(parser)
+    parser.add_argument("--concurrency", type=int, default=1, metavar="N", help="threads")
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a claim lasts before another worker may take it over (default 60)",
+    )
+    parser.add_argument("--once", action="store_true", help="stop when nothing is due")
+    parser.add_argument("--config", metavar="PATH", help="account file (the routes)")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on failure")
+    parser.set_defaults(run=run)
+
+
+def routes_from_accounts(config_path: str | None) -> dict[str, Server]:
+    config = load_config(config_path)
+    routes: dict[str, Server] = {}
+    blank = argparse.Namespace()
+    for name, account in config.accounts.items():
+        routes[name] = build_server(blank, account)
+    if config.default is not None:
+        routes.setdefault("default", routes[config.default])
+    return routes
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Outbox database failures as exit codes: a bad URL 64, anything else 75."""
+    from smtpsubmit.outbox import StoreError
+
+    try:
+        yield
+    except StoreError as exc:
+        text = str(exc)
+        if "URL" in text:
+            raise UsageError(text) from None
+        raise CliError(text, EX_TEMPFAIL, "is the database reachable and writable?") from None
+
+
+def open_outbox(args: argparse.Namespace, **kwargs: Any) -> Any:
+    """The Outbox for ``--outbox`` (schema created or upgraded when needed)."""
+    from smtpsubmit.outbox import Outbox
+
+    with store_errors():
+        return Outbox(outbox_url(args), **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    if args.lease <= 0:
+        raise UsageError("--lease must be a positive number of seconds")
+    routes = routes_from_accounts(args.config)
+    if not routes:
+        raise ConfigError(
+            "no routes: the account file defines no accounts",
+            hint="add [accounts.NAME] tables (each is a route) and a default",
+        )
+    outbox = open_outbox(args, routes=routes, lease=args.lease)
+    try:
+        with store_errors():
+            outbox.run(concurrency=args.concurrency, stop_when_idle=args.once)
+    finally:
+        outbox.close()
+    return EX_OK
