@@ -256,7 +256,7 @@ def test_no_password_reaches_the_database(
             tables = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
                 ).fetchall()
             ]
             assert "outbox_message" in tables
