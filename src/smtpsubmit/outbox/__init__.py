@@ -6,8 +6,9 @@ and deliver them with per-recipient state; :class:`RetryPolicy` decides what
 happens after a failure.
 """
 
+from smtpsubmit.outbox.aio import AsyncOutbox
 from smtpsubmit.outbox.outbox import Outbox
 from smtpsubmit.outbox.retry import Decision, Outcome, RetryPolicy
 from smtpsubmit.outbox.store import StoreError
 
-__all__ = ["Decision", "Outbox", "Outcome", "RetryPolicy", "StoreError"]
+__all__ = ["AsyncOutbox", "Decision", "Outbox", "Outcome", "RetryPolicy", "StoreError"]

@@ -133,6 +133,37 @@ class Outbox:
         )
         return self.store.insert([item], connection)[0]
 
+    async def aenqueue(
+        self,
+        message: Message | bytes,
+        *,
+        route: str = "default",
+        sender: str | None = None,
+        recipients: Iterable[str] | None = None,
+        not_before: datetime | float | None = None,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        connection: Any = None,
+    ) -> str:
+        """:meth:`enqueue` for asyncio: ``connection`` may be a ``psycopg.AsyncConnection``
+        (written in its transaction); without one the write runs in a thread."""
+        import asyncio
+
+        from smtpsubmit.outbox.aio import ainsert
+
+        item = self.prepare(
+            message,
+            route=route,
+            sender=sender,
+            recipients=recipients,
+            not_before=not_before,
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
+        if connection is not None:
+            return (await ainsert(self, [item], connection))[0]
+        return (await asyncio.to_thread(self.store.insert, [item]))[0]
+
     def enqueue_many(
         self,
         messages: Iterable[Message | bytes],

@@ -75,6 +75,41 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _PENDING = "state IN ('queued', 'deferred')"
+
+# Enqueue, shared with the asyncio path (smtpsubmit.outbox.aio).
+INSERT_MESSAGE = (
+    "INSERT INTO outbox_message (id, route, sender, message_id, body, checksum, size,"
+    " priority, idempotency_key, state, created, since, due)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)"
+    " ON CONFLICT (idempotency_key) DO NOTHING"
+)
+SELECT_BY_KEY = "SELECT id FROM outbox_message WHERE idempotency_key = ?"
+INSERT_RECIPIENT = (
+    "INSERT INTO outbox_recipient (message, position, address, state) VALUES (?, ?, ?, 'queued')"
+)
+
+
+def message_params(m: NewMessage) -> list[Any]:
+    return [
+        m.id,
+        m.route,
+        m.sender,
+        m.message_id,
+        m.body,
+        m.checksum,
+        len(m.body),
+        m.priority,
+        m.idempotency_key,
+        m.created,
+        m.created,
+        m.due,
+    ]
+
+
+def recipient_params(m: NewMessage) -> list[tuple[str, int, str]]:
+    return [(m.id, i, address) for i, address in enumerate(m.recipients)]
+
+
 _MESSAGE_COLUMNS = "id, route, sender, body, checksum, message_id, since, attempts"
 
 
@@ -159,39 +194,10 @@ class SqlStore(Store):
         return ids
 
     def _insert_one(self, cur: Cursor, m: NewMessage) -> str:
-        self._run(
-            cur,
-            "INSERT INTO outbox_message (id, route, sender, message_id, body, checksum, size,"
-            " priority, idempotency_key, state, created, since, due)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)"
-            " ON CONFLICT (idempotency_key) DO NOTHING",
-            [
-                m.id,
-                m.route,
-                m.sender,
-                m.message_id,
-                m.body,
-                m.checksum,
-                len(m.body),
-                m.priority,
-                m.idempotency_key,
-                m.created,
-                m.created,
-                m.due,
-            ],
-        )
+        self._run(cur, INSERT_MESSAGE, message_params(m))
         if cur.rowcount == 0:  # the idempotency key exists: the first id, nothing stored
-            row = self._run(
-                cur, "SELECT id FROM outbox_message WHERE idempotency_key = ?", [m.idempotency_key]
-            ).fetchone()
-            return str(row[0])
-        cur.executemany(
-            self._sql(
-                "INSERT INTO outbox_recipient (message, position, address, state)"
-                " VALUES (?, ?, ?, 'queued')"
-            ),
-            [(m.id, i, address) for i, address in enumerate(m.recipients)],
-        )
+            return str(self._run(cur, SELECT_BY_KEY, [m.idempotency_key]).fetchone()[0])
+        cur.executemany(self._sql(INSERT_RECIPIENT), recipient_params(m))
         return m.id
 
     # ---- workers
