@@ -16,6 +16,9 @@ from smtpsubmit import Message, Option, Server
 from smtpsubmit.outbox import Outbox, RetryPolicy, StoreError
 from tests.outbox_helpers import Clock, ScriptedHandler, message, route, serve, subjects
 from tests.servers.aiosmtpd_server import AUTH_PASSWORD, AiosmtpdServer
+from tests.test_readme import readme_server
+
+__all__ = ["readme_server"]
 
 DAY = 24 * 3600.0
 
@@ -447,4 +450,18 @@ def test_postgres_notify_wakes_an_idle_worker(postgres_url: str, smtp: AiosmtpdS
         worker.stop()
         thread.join(5)
     assert not thread.is_alive()
+    box.close()
+
+
+def test_readme_outbox_section_runs(readme_server: AiosmtpdServer) -> None:
+    from tests.test_readme import python_blocks, run_block
+
+    namespace: dict[str, object] = {}
+    for number, block in enumerate(python_blocks("Outbox"), 1):
+        run_block(block, namespace, f"README.md Outbox block {number}")
+    assert len(readme_server.messages) == 1
+    assert readme_server.messages[0].auth_login == readme_server.username
+    box = namespace["outbox"]
+    assert isinstance(box, Outbox)
+    assert box.show(str(namespace["ident"]))["state"] == "sent"  # type: ignore[index]
     box.close()
