@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from smtpsubmit import Message, Option, Server
+from smtpsubmit import Message, MessageError, Option, Server
 from smtpsubmit.outbox import Outbox, RetryPolicy, StoreError
 from tests.outbox_helpers import Clock, ScriptedHandler, message, route, serve, subjects
 from tests.servers.aiosmtpd_server import AUTH_PASSWORD, AiosmtpdServer
@@ -465,3 +465,20 @@ def test_readme_outbox_section_runs(readme_server: AiosmtpdServer) -> None:
     assert isinstance(box, Outbox)
     assert box.show(str(namespace["ident"]))["state"] == "sent"  # type: ignore[index]
     box.close()
+
+
+def test_addresses_are_checked_and_stored_in_wire_form(
+    outbox: Outbox, smtp: AiosmtpdServer
+) -> None:
+    with pytest.raises(MessageError):
+        outbox.enqueue(b"Subject: x\r\n\r\nx\r\n", sender="a@example.org", recipients=["bad@@x"])
+    raw = b"Subject: idn\r\n\r\nhi\r\n"
+    ident = outbox.enqueue(
+        raw,
+        sender="<a@example.org>",
+        recipients=["<b@b\u00fccher.example>", "b@xn--bcher-kva.example"],
+    )
+    outbox.run(stop_when_idle=True)
+    assert smtp.messages[0].rcpt_tos == ["b@xn--bcher-kva.example"]
+    assert smtp.messages[0].mail_from == "a@example.org"
+    assert states(outbox, ident) == {"b@xn--bcher-kva.example": "sent"}

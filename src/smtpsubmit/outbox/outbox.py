@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from smtpsubmit.envelope import check_envelope_address
 from smtpsubmit.errors import MessageError, RecipientsRefused
 from smtpsubmit.message import Message
 from smtpsubmit.outbox.retry import Decision, Outcome, RetryPolicy, classify
@@ -306,7 +307,7 @@ class Outbox:
         updates: list[RecipientUpdate] = []
         for r in sent_to:
             if isinstance(result, SubmitResult):
-                if r.address in result.accepted or r.address not in result.refused:
+                if r.address not in result.refused:  # the data was taken for every other one
                     reply = result.reply
                     updates.append(
                         RecipientUpdate(r.position, "sent", None, reply.code, reply.text)
@@ -392,6 +393,10 @@ def _render(
         raise MessageError(f"the outbox takes a Message or bytes, not {type(message).__name__}")
     if not env_recipients:
         raise MessageError("the message has no recipients")
+    # Stored in their wire form, so the session's per-recipient results match them exactly;
+    # a bad address fails here, at enqueue, not days later in a worker.
+    env_sender = check_envelope_address(env_sender, sender=True)[0]
+    env_recipients = list(dict.fromkeys(check_envelope_address(a)[0] for a in env_recipients))
     return body, env_sender, env_recipients, message_id
 
 
