@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +51,12 @@ def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/outbox.db"
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def queue(home: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(["queue", "--outbox", url, *args], home)
 
@@ -69,8 +77,20 @@ def test_worker_once_delivers_through_the_accounts(
 def test_worker_stops_gracefully_on_sigterm(
     home: Path, url: str, config: Path, smtp: AiosmtpdServer
 ) -> None:
+    port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smtpsubmit", "worker", "--outbox", url, "--lease", "5"],
+        [
+            sys.executable,
+            "-m",
+            "smtpsubmit",
+            "worker",
+            "--outbox",
+            url,
+            "--lease",
+            "5",
+            "--metrics-port",
+            str(port),
+        ],
         env=cli_env(home),
         stderr=subprocess.PIPE,
     )
@@ -79,6 +99,8 @@ def test_worker_stops_gracefully_on_sigterm(
         box = Outbox(url)
         box.enqueue(message(1))
         smtp.wait_for(1, timeout=15)  # picked up by polling while it runs
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert b'smtpsubmit_outbox_messages{state="sent"} 1.0' in metrics
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
         assert proc.returncode == 0, err.decode()

@@ -482,3 +482,30 @@ def test_addresses_are_checked_and_stored_in_wire_form(
     assert smtp.messages[0].rcpt_tos == ["b@xn--bcher-kva.example"]
     assert smtp.messages[0].mail_from == "a@example.org"
     assert states(outbox, ident) == {"b@xn--bcher-kva.example": "sent"}
+
+
+def test_prometheus_metrics_read_the_outbox(
+    outbox: Outbox, smtp: AiosmtpdServer, handler: ScriptedHandler, clock: Clock
+) -> None:
+    import urllib.request
+
+    from smtpsubmit.outbox.metrics import serve_metrics
+
+    handler.data = ["554 5.7.1 no"]
+    outbox.enqueue(message(1))
+    outbox.run(stop_when_idle=True)
+    outbox.enqueue(message(2))
+    clock.advance(30)
+    server = serve_metrics(outbox, 0)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        server.shutdown()
+    lines = set(text.splitlines())
+    assert 'smtpsubmit_outbox_messages{state="bounced"} 1.0' in lines
+    assert 'smtpsubmit_outbox_messages{state="queued"} 1.0' in lines
+    assert 'smtpsubmit_outbox_route_messages{route="default",state="queued"} 1.0' in lines
+    assert "smtpsubmit_outbox_oldest_age_seconds 30.0" in lines
+    assert "smtpsubmit_outbox_possible_duplicates 0.0" in lines
+    assert any(line.startswith("smtpsubmit_outbox_send_rate ") for line in lines)

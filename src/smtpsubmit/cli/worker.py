@@ -68,6 +68,18 @@ def register(subparsers: Any) -> None:
         help="how long a claim lasts before another worker may take it over (default 60)",
     )
     parser.add_argument("--once", action="store_true", help="stop when nothing is due")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on /metrics (needs the `metrics` extra)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address for --metrics-port (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
     parser.add_argument("--config", metavar="PATH", help="account file (the routes)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on failure")
     parser.set_defaults(run=run)
@@ -118,9 +130,19 @@ def run(args: argparse.Namespace) -> int:
             hint="add [accounts.NAME] tables (each is a route) and a default",
         )
     outbox = open_outbox(args, routes=routes, lease=args.lease)
+    metrics = None
     try:
+        if args.metrics_port is not None:
+            from smtpsubmit.outbox.metrics import serve_metrics
+
+            try:
+                metrics = serve_metrics(outbox, args.metrics_port, args.metrics_host)
+            except (RuntimeError, OSError) as exc:
+                raise ConfigError(f"--metrics-port: {exc}") from None
         with store_errors():
             outbox.run(concurrency=args.concurrency, stop_when_idle=args.once)
     finally:
+        if metrics is not None:
+            metrics.shutdown()
         outbox.close()
     return EX_OK
