@@ -1,4 +1,5 @@
-"""The ``smtpsubmit`` command line: ``send``, ``sendmail``, ``probe`` and ``demo``.
+"""The ``smtpsubmit`` command line: ``send``, ``sendmail``, ``probe``, ``demo``, and the
+outbox's ``worker`` and ``queue``.
 
 ``main(argv)`` returns a sysexits status (see :mod:`smtpsubmit.cli.errors`)
 and never raises, except ``KeyboardInterrupt`` as status 130. rich,
