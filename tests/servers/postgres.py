@@ -98,7 +98,7 @@ class PostgresCluster:
         self.run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
 
 
-def start_postgres() -> PostgresCluster:
+def start_postgres(*, fsync: bool = False) -> PostgresCluster:
     bindir = _bindir()
     root = Path(tempfile.mkdtemp(prefix="smtpsubmit-pg-"))
     user_kwargs: dict[str, Any] = {}
@@ -118,10 +118,9 @@ def start_postgres() -> PostgresCluster:
         shutil.rmtree(root, ignore_errors=True)
         pytest.fail(f"initdb failed: {init.stderr or init.stdout}", pytrace=False)
     # The tests kill workers, never the database server: its own fsyncs only cost time here.
-    options = (
-        f"-k {root} -p {cluster.port} -c listen_addresses=127.0.0.1 -c max_connections=200"
-        " -c fsync=off -c full_page_writes=off"
-    )
+    options = f"-k {root} -p {cluster.port} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    if not fsync:  # the benchmark keeps PostgreSQL's durability on
+        options += " -c fsync=off -c full_page_writes=off"
     start = cluster.run(
         "pg_ctl", "-D", str(root / "data"), "-l", str(root / "log"), "-o", options, "-w",
         "-t", "30", "start",
