@@ -14,6 +14,7 @@ import pytest
 
 from smtpsubmit import Message, MessageError, Option, Server
 from smtpsubmit.outbox import Outbox, RetryPolicy, StoreError
+from smtpsubmit.outbox.store import Begin
 from tests.outbox_helpers import Clock, ScriptedHandler, message, route, serve, subjects
 from tests.servers.aiosmtpd_server import AUTH_PASSWORD, AiosmtpdServer
 from tests.test_readme import readme_server
@@ -354,7 +355,7 @@ def test_a_lease_left_by_a_dead_worker_is_taken_over_as_unknown(
     once (same bytes) and counted as a possible duplicate."""
     ident = outbox.enqueue(message(5))
     [claimed] = outbox.store.claim("dead-worker", 10, clock(), 30)
-    assert outbox.store.begin_send(ident, "dead-worker", [0], clock(), 30)
+    assert outbox.store.begin_send(Begin(ident, "dead-worker", [0], clock(), 30))
     outbox.run(stop_when_idle=True)
     assert smtp.messages == []  # the lease is still valid
     clock.advance(31)
@@ -376,7 +377,7 @@ def test_unknown_is_held_under_on_unknown_hold(
     )
     ident = box.enqueue(message(6))
     box.store.claim("dead-worker", 10, clock(), 60)
-    box.store.begin_send(ident, "dead-worker", [0], clock(), 60)
+    box.store.begin_send(Begin(ident, "dead-worker", [0], clock(), 60))
     clock.advance(61)
     box.run(stop_when_idle=True)
     assert smtp.messages == []

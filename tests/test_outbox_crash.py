@@ -237,3 +237,19 @@ def test_q10_two_workers_share_one_sqlite_file(url: str, smtp: AiosmtpdServer) -
     assert len(counts) == 100
     assert set(counts.values()) == {1}
     box.close()
+
+
+def test_an_outcome_is_committed_before_the_next_message_goes_out(
+    url: str, smtp: AiosmtpdServer
+) -> None:
+    """The first message's outcome shares a commit with the second's ``sending``: killed
+    just after that commit, the first is never sent again."""
+    box = Outbox(url, policy=POLICY)
+    first, second = box.enqueue(message(1)), box.enqueue(message(2))
+    assert run_worker(url, smtp, "after-sending@2") == -signal.SIGKILL
+    assert (box.show(first) or {})["state"] == "sent"
+    box = finish(url, smtp)
+    assert subjects(smtp) == ["outbox message 1", "outbox message 2"]
+    assert (box.show(second) or {})["state"] == "sent"
+    assert box.stats()["possible_duplicates"] == 1  # the second: it may have gone out
+    box.close()

@@ -20,10 +20,11 @@ from typing import Any, Protocol
 from smtpsubmit.outbox.store import (
     DEAD_STATES,
     MESSAGE_STATES,
+    Begin,
     Claimed,
+    Finish,
     NewMessage,
     Recipient,
-    RecipientUpdate,
     Store,
     StoreError,
 )
@@ -270,66 +271,58 @@ class SqlStore(Store):
         }
         return [by_id[i] for i in ids if i in by_id]
 
-    def begin_send(
-        self, message: str, owner: str, positions: Sequence[int], now: float, lease: float
-    ) -> bool:
+    def record(self, finish: Finish | None, begin: Begin | None) -> tuple[bool, bool]:
         with self._tx() as cur:
-            self._run(
-                cur,
-                "UPDATE outbox_message SET lease_until = ?, attempts = attempts + 1"
-                " WHERE id = ? AND lease_owner = ? AND state = 'sending'",
-                [now + lease, message, owner],
-            )
-            if cur.rowcount != 1:
-                return False
-            self._run(
-                cur,
-                "UPDATE outbox_recipient SET state = 'sending', attempts = attempts + 1,"
-                " resent = resent + CASE WHEN unknowns > 0 THEN 1 ELSE 0 END"
-                f" WHERE message = ? AND position IN ({_marks(len(positions))})",
-                [message, *positions],
-            )
+            finished = finish is not None and self._finish(cur, finish)
+            began = begin is not None and self._begin(cur, begin)
+        return finished, began
+
+    def _begin(self, cur: Cursor, b: Begin) -> bool:
+        self._run(
+            cur,
+            "UPDATE outbox_message SET lease_until = ?, attempts = attempts + 1"
+            " WHERE id = ? AND lease_owner = ? AND state = 'sending'",
+            [b.now + b.lease, b.message, b.owner],
+        )
+        if cur.rowcount != 1:
+            return False
+        self._run(
+            cur,
+            "UPDATE outbox_recipient SET state = 'sending', attempts = attempts + 1,"
+            " resent = resent + CASE WHEN unknowns > 0 THEN 1 ELSE 0 END"
+            f" WHERE message = ? AND position IN ({_marks(len(b.positions))})",
+            [b.message, *b.positions],
+        )
         return True
 
-    def finish(
-        self,
-        message: str,
-        owner: str,
-        updates: Sequence[RecipientUpdate],
-        *,
-        state: str,
-        due: float,
-        reason: str | None,
-        now: float,
-    ) -> bool:
-        final = state not in ("queued", "deferred")
-        with self._tx() as cur:
-            self._run(
-                cur,
-                "UPDATE outbox_message SET state = ?, due = ?, reason = ?, lease_owner = NULL,"
-                " lease_until = NULL, finished = ? WHERE id = ? AND lease_owner = ?",
-                [state, due, reason, now if final else None, message, owner],
-            )
-            if cur.rowcount != 1:
-                return False
-            cur.executemany(
-                self._sql(
-                    "UPDATE outbox_recipient SET state = ?, retry_at = ?, reply_code = ?,"
-                    " reply_text = ?, unknowns = unknowns + ? WHERE message = ? AND position = ?"
-                ),
-                [
-                    (
-                        u.state,
-                        u.retry_at,
-                        u.reply_code,
-                        u.reply_text,
-                        int(u.unknown),
-                        message,
-                        u.position,
-                    )
-                    for u in updates
-                ],
-            )
+    def _finish(self, cur: Cursor, f: Finish) -> bool:
+        final = f.state not in ("queued", "deferred")
+        self._run(
+            cur,
+            "UPDATE outbox_message SET state = ?, due = ?, reason = ?, lease_owner = NULL,"
+            " lease_until = NULL, finished = ? WHERE id = ? AND lease_owner = ?",
+            [f.state, f.due, f.reason, f.now if final else None, f.message, f.owner],
+        )
+        if cur.rowcount != 1:
+            return False
+        cur.executemany(
+            self._sql(
+                "UPDATE outbox_recipient SET state = ?, retry_at = ?, reply_code = ?,"
+                " reply_text = ?, unknowns = unknowns + ? WHERE message = ? AND position = ?"
+            ),
+            [
+                (
+                    u.state,
+                    u.retry_at,
+                    u.reply_code,
+                    u.reply_text,
+                    int(u.unknown),
+                    f.message,
+                    u.position,
+                )
+                for u in f.updates
+            ],
+        )
         return True
 
     def next_due(self) -> float | None:

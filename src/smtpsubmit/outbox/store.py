@@ -25,7 +25,9 @@ from typing import Any
 __all__ = [
     "DEAD_STATES",
     "PENDING_STATES",
+    "Begin",
     "Claimed",
+    "Finish",
     "NewMessage",
     "Recipient",
     "RecipientUpdate",
@@ -86,6 +88,17 @@ class Claimed:
 
 
 @dataclass(frozen=True)
+class Begin:
+    """About to send ``message`` to the recipients at ``positions``."""
+
+    message: str
+    owner: str
+    positions: Sequence[int]
+    now: float
+    lease: float
+
+
+@dataclass(frozen=True)
 class RecipientUpdate:
     position: int
     state: str
@@ -93,6 +106,19 @@ class RecipientUpdate:
     reply_code: int | None = None
     reply_text: str | None = None
     unknown: bool = False  # this outcome was a lost reply (counts toward on_unknown)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The outcome of one attempt: per-recipient updates and the message's new state."""
+
+    message: str
+    owner: str
+    updates: Sequence[RecipientUpdate]
+    state: str
+    due: float
+    reason: str | None
+    now: float
 
 
 class Store(abc.ABC):
@@ -121,24 +147,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def begin_send(
-        self, message: str, owner: str, positions: Sequence[int], now: float, lease: float
-    ) -> bool:
-        """Mark recipients ``sending`` and renew the lease; False if the lease was lost."""
+    def record(self, finish: Finish | None, begin: Begin | None) -> tuple[bool, bool]:
+        """In one transaction: record one message's outcomes and release its lease, then
+        mark the next message's recipients ``sending`` and renew its lease. Each part is
+        False when that message's lease was lost (nothing of it is then written)."""
 
-    @abc.abstractmethod
-    def finish(
-        self,
-        message: str,
-        owner: str,
-        updates: Sequence[RecipientUpdate],
-        *,
-        state: str,
-        due: float,
-        reason: str | None,
-        now: float,
-    ) -> bool:
-        """Record outcomes and the message's new state, releasing the lease."""
+    def finish(self, finish: Finish) -> bool:
+        return self.record(finish, None)[0]
+
+    def begin_send(self, begin: Begin) -> bool:
+        return self.record(None, begin)[1]
 
     @abc.abstractmethod
     def next_due(self) -> float | None:

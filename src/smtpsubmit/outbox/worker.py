@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from smtpsubmit.client import Client
 from smtpsubmit.errors import MessageError, ServerDisconnected, SmtpError
 from smtpsubmit.outbox.outbox import checksum, summarize
-from smtpsubmit.outbox.store import Claimed, RecipientUpdate, StoreError
+from smtpsubmit.outbox.store import Begin, Claimed, Finish, RecipientUpdate, StoreError
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
 
@@ -194,29 +194,40 @@ class Worker:
         store.wait(max(wait, 0.05), self.stopping)
 
     def _work(self, batch: list[Claimed], senders: dict[str, _RouteSender]) -> None:
-        for index, claimed in enumerate(batch):
-            if self.stopping.is_set():
-                self._release(batch[index:])
-                return
-            try:
-                self._deliver(claimed, senders)
-            except StoreError as exc:
-                # The lease runs out and another worker takes over: nothing is lost.
-                log.warning("outbox: could not record message %s: %s", claimed.id, exc)
+        """Deliver a batch. A message's outcome is committed in the same transaction as
+        the next message's ``sending`` (one commit per message, not two); nothing touches
+        the network in between, so the outcome is still recorded right after the reply."""
+        pending: Finish | None = None
+        try:
+            for index, claimed in enumerate(batch):
+                if self.stopping.is_set():
+                    self._commit(pending)
+                    pending = None
+                    self._release(batch[index:])
+                    return
+                try:
+                    pending = self._deliver(claimed, senders, pending)
+                except StoreError as exc:
+                    # The lease runs out and another worker takes over: nothing is lost.
+                    pending = None
+                    log.warning("outbox: could not record message %s: %s", claimed.id, exc)
+        finally:
+            self._commit(pending)
 
     def _release(self, rest: list[Claimed]) -> None:
         now = self.outbox.clock()
         for claimed in rest:
             state, due = summarize(claimed.recipients, [], now)
-            self.outbox.store.finish(
-                claimed.id, self.owner, [], state=state, due=due, reason=None, now=now
-            )
+            self.outbox.store.finish(Finish(claimed.id, self.owner, [], state, due, None, now))
 
-    def _deliver(self, claimed: Claimed, senders: dict[str, _RouteSender]) -> None:
-        outbox, store, now = self.outbox, self.outbox.store, self.outbox.clock()
+    def _deliver(
+        self, claimed: Claimed, senders: dict[str, _RouteSender], pending: Finish | None
+    ) -> Finish | None:
+        """Send one claimed message; returns its outcome, not yet committed."""
+        outbox, now = self.outbox, self.outbox.clock()
         if checksum(claimed.body) != claimed.checksum:
-            self._quarantine(claimed, "corrupt: the stored body does not match its checksum")
-            return
+            self._commit(pending)
+            return self._quarantine(claimed, "corrupt: the stored body does not match its checksum")
         to_send, decided = outbox.plan(claimed, now)
         if to_send:
             server = (outbox.routes or {}).get(claimed.route)
@@ -226,15 +237,22 @@ class Worker:
                 )
             else:
                 positions = [r.position for r in to_send]
-                if not store.begin_send(claimed.id, self.owner, positions, now, outbox.lease):
+                begin = Begin(claimed.id, self.owner, positions, now, outbox.lease)
+                finished, began = outbox.store.record(pending, begin)
+                self._committed(pending, finished)
+                if not began:
                     log.warning("outbox: lease on %s lost before sending", claimed.id)
-                    return
+                    return None
+                pending = None
                 _hook("after-sending")
                 result = self._send(claimed, [r.address for r in to_send], senders, server)
                 _hook("after-reply")
             now = outbox.clock()
             decided += outbox.outcomes(claimed, to_send, result, now)
-        self._finish(claimed, decided, now)
+        self._commit(pending)
+        state, due = summarize(claimed.recipients, decided, now)
+        reason = next((u.reply_text for u in decided if u.state != "sent"), None)
+        return Finish(claimed.id, self.owner, decided, state, due, reason, now)
 
     def _send(
         self,
@@ -257,20 +275,22 @@ class Worker:
             sender.close()
             return SmtpError(f"unexpected error: {type(exc).__name__}", is_temporary=True)
 
-    def _finish(self, claimed: Claimed, updates: list[RecipientUpdate], now: float) -> None:
-        state, due = summarize(claimed.recipients, updates, now)
-        reason = next((u.reply_text for u in updates if u.state != "sent"), None)
-        if not self.outbox.store.finish(
-            claimed.id, self.owner, updates, state=state, due=due, reason=reason, now=now
-        ):
-            log.warning("outbox: lease on %s lost; its outcome was not recorded", claimed.id)
+    def _commit(self, pending: Finish | None) -> None:
+        if pending is not None:
+            self._committed(pending, self.outbox.store.record(pending, None)[0])
+
+    def _committed(self, finish: Finish | None, ok: bool) -> None:
+        if finish is None:
+            return
+        if not ok:
+            log.warning("outbox: lease on %s lost; its outcome was not recorded", finish.message)
             return
         _hook("after-commit")
-        if state == "sent":
+        if finish.state == "sent":
             with self._count_lock:
                 self.sent += 1
 
-    def _quarantine(self, claimed: Claimed, reason: str) -> None:
+    def _quarantine(self, claimed: Claimed, reason: str) -> Finish:
         """A corrupt row becomes a dead letter with its reason; the worker keeps going."""
         log.error("outbox: message %s quarantined: %s", claimed.id, reason)
         updates = [
@@ -279,6 +299,4 @@ class Worker:
             if r.state not in ("sent", "bounced", "cancelled")
         ]
         now = self.outbox.clock()
-        self.outbox.store.finish(
-            claimed.id, self.owner, updates, state="bounced", due=now, reason=reason, now=now
-        )
+        return Finish(claimed.id, self.owner, updates, "bounced", now, reason, now)
