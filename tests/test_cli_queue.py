@@ -190,3 +190,20 @@ def test_the_default_outbox_lives_in_the_data_directory(home: Path) -> None:
     result = run_cli(["queue", "stats", "--json"], home)
     assert result.returncode == 0, result.stderr
     assert (home / ".local" / "share" / "smtpsubmit" / "outbox.sqlite3").exists()
+
+
+def test_routes_may_name_accounts(
+    home: Path, url: str, config: Path, smtp: AiosmtpdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outbox(routes={"x": "ACCOUNT"}) takes the server from the account file."""
+    box = Outbox(url, routes={"default": "default", "bulk": "bulk"}, config=str(config))
+    assert box.routes is not None
+    assert box.routes["bulk"].port == smtp.port
+    box.enqueue(message(1), route="bulk")
+    box.run(stop_when_idle=True)
+    assert subjects(smtp) == ["outbox message 1"]
+    with pytest.raises(ValueError, match="route 'x': no account 'nope'"):
+        Outbox(url, routes={"x": "nope"}, config=str(config))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    assert Outbox(url, routes={"default": "default"}).routes == {"default": box.routes["default"]}
+    box.close()

@@ -85,6 +85,18 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def server_for_account(name: str, config_path: str | None = None) -> Server:
+    """The Server of ``[accounts.NAME]`` (``"default"``: the default account)."""
+    config = load_config(config_path)
+    if name == "default" and "default" not in config.accounts:
+        account = config.account(None)  # the default account, if the file names one
+    else:
+        account = config.account(name)  # an unknown name is a ConfigError
+    if account is None:
+        raise ConfigError("no default account in the account file")
+    return build_server(argparse.Namespace(), account)
+
+
 def routes_from_accounts(config_path: str | None) -> dict[str, Server]:
     config = load_config(config_path)
     routes: dict[str, Server] = {}

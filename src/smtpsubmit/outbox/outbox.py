@@ -73,6 +73,8 @@ def checksum(body: bytes) -> str:
 class Outbox:
     """A durable queue of outgoing mail in SQLite (default) or PostgreSQL.
 
+    A route is a :class:`~smtpsubmit.Server` or the name of an account of the
+    account file (``config``, else the default path; needs the ``cli`` extra).
     ``clock`` (wall-clock seconds) and ``random`` (the jitter draw) are
     injectable so tests can drive expiry and backoff without waiting.
     """
@@ -81,20 +83,18 @@ class Outbox:
         self,
         url: str | None = None,
         *,
-        routes: Mapping[str, Server] | None = None,
+        routes: Mapping[str, Server | str] | None = None,
         policy: RetryPolicy | None = None,
         lease: float = 60.0,
+        config: str | None = None,
         clock: Clock = time.time,
         random: Callable[[], float] = _random.random,
         migrate: bool = True,
     ) -> None:
         if lease <= 0:
             raise ValueError("lease must be a positive number of seconds")
-        for name, server in (routes or {}).items():
-            if not isinstance(server, Server):
-                raise TypeError(f"route {name!r} must be a Server, not {type(server).__name__}")
         self.url = url
-        self.routes: dict[str, Server] | None = dict(routes) if routes is not None else None
+        self.routes = _resolve_routes(routes, config)
         self.policy = policy or RetryPolicy()
         self.lease = float(lease)
         self.clock = clock
@@ -364,6 +364,29 @@ def summarize(
         if state in finals:
             return state, now
     return "sent", now
+
+
+def _resolve_routes(
+    routes: Mapping[str, Server | str] | None, config: str | None
+) -> dict[str, Server] | None:
+    if routes is None:
+        return None
+    resolved: dict[str, Server] = {}
+    for name, server in routes.items():
+        if isinstance(server, str):
+            from smtpsubmit.cli.errors import CliError
+            from smtpsubmit.cli.worker import server_for_account
+
+            try:
+                server = server_for_account(server, config)
+            except CliError as exc:
+                raise ValueError(f"route {name!r}: {exc}") from None
+        if not isinstance(server, Server):
+            raise TypeError(
+                f"route {name!r} must be a Server or an account name, not {type(server).__name__}"
+            )
+        resolved[name] = server
+    return resolved
 
 
 def _dead(position: int, decision: Decision) -> RecipientUpdate:
