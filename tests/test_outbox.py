@@ -410,7 +410,7 @@ def test_bad_urls_and_routes_are_clear_errors(tmp_path: Path, smtp: AiosmtpdServ
     box = Outbox(f"sqlite:///{tmp_path}/o.db", routes={"default": route(smtp)})
     with pytest.raises(ValueError, match="no route 'bulk'"):
         box.enqueue(message(1), route="bulk")
-    with pytest.raises(TypeError, match="route .x. must be a Server or an account name"):
+    with pytest.raises(TypeError, match="route 'x' must be a Server or an account name"):
         Outbox(f"sqlite:///{tmp_path}/o.db", routes={"x": 25})  # type: ignore[dict-item]
     box.close()
 
@@ -510,3 +510,17 @@ def test_prometheus_metrics_read_the_outbox(
     assert "smtpsubmit_outbox_oldest_age_seconds 30.0" in lines
     assert "smtpsubmit_outbox_possible_duplicates 0.0" in lines
     assert any(line.startswith("smtpsubmit_outbox_send_rate ") for line in lines)
+
+
+def test_read_only_postgres_refuses_enqueue(postgres_url: str, smtp: AiosmtpdServer) -> None:
+    """Q8 on PostgreSQL: a read-only session (as on a standby) raises, nothing is stored."""
+    writer = Outbox(postgres_url, routes={"default": route(smtp)})
+    kept = writer.enqueue(message(1))
+    reader = Outbox(postgres_url + "%20-cdefault_transaction_read_only%3Don", migrate=False)
+    with pytest.raises(StoreError, match="read-only transaction"):
+        reader.enqueue(message(2))
+    assert [m["id"] for m in reader.list_messages()] == [kept]
+    writer.run(stop_when_idle=True)
+    assert subjects(smtp) == ["outbox message 1"]
+    reader.close()
+    writer.close()
