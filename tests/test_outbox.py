@@ -524,3 +524,35 @@ def test_read_only_postgres_refuses_enqueue(postgres_url: str, smtp: AiosmtpdSer
     assert subjects(smtp) == ["outbox message 1"]
     reader.close()
     writer.close()
+
+
+def test_a_wrong_password_defers_the_queue_instead_of_bouncing_it(
+    outbox_url: str, aiosmtpd_auth_plain: AiosmtpdServer, clock: Clock
+) -> None:
+    """535 at AUTH is the route's fault, not the message's: deferred, then delivered once
+    the route is fixed."""
+
+    def server(password: str) -> Server:
+        return Server(
+            aiosmtpd_auth_plain.host,
+            "alice",
+            password,
+            port=aiosmtpd_auth_plain.port,
+            options=Option.EXTENDED,
+            allow_plaintext_auth=True,
+        )
+
+    wrong = Outbox(outbox_url, routes={"default": server("wrong")}, clock=clock)
+    ident = wrong.enqueue(message(1))
+    wrong.run(stop_when_idle=True)
+    shown = wrong.show(ident)
+    assert shown is not None
+    assert shown["state"] == "deferred"
+    assert shown["recipients"][0]["reply"]["code"] == 535
+    wrong.close()
+    clock.advance(3600)
+    fixed = Outbox(outbox_url, routes={"default": server(AUTH_PASSWORD)}, clock=clock)
+    fixed.run(stop_when_idle=True)
+    assert len(aiosmtpd_auth_plain.messages) == 1
+    assert (fixed.show(ident) or {})["state"] == "sent"
+    fixed.close()

@@ -9,14 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtpsubmit import (
+    AuthError,
     ConnectError,
     DataRefused,
     DeliveryStatusUnknown,
     MessageError,
+    ProtocolError,
     RecipientsRefused,
     Reply,
+    SenderRefused,
     ServerDisconnected,
     SmtpTimeout,
+    TlsError,
 )
 from smtpsubmit.outbox import Outcome, RetryPolicy
 from smtpsubmit.outbox.retry import classify
@@ -42,6 +46,14 @@ def fixed(value: float):
         (RecipientsRefused("all", refused={"a@x.org": Reply(550)}), Outcome.PERMANENT),
         (DeliveryStatusUnknown("lost the answer"), Outcome.UNKNOWN),
         (MessageError("bad address"), Outcome.PERMANENT),
+        # A broken route (not the message): wait for it to be fixed, never bounce.
+        (
+            AuthError("refused", reply=Reply(535, "bad credentials"), stage="auth"),
+            Outcome.TRANSIENT,
+        ),
+        (TlsError("certificate expired", stage="starttls"), Outcome.TRANSIENT),
+        (ProtocolError("garbage greeting", stage="greeting"), Outcome.TRANSIENT),
+        (SenderRefused("no", reply=Reply(553, "not allowed"), stage="mail"), Outcome.PERMANENT),
     ],
 )
 def test_classify(error: object, outcome: Outcome) -> None:

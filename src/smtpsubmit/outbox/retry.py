@@ -31,12 +31,20 @@ class Outcome(enum.Enum):
     UNKNOWN = "unknown"  # the final dot's answer was lost: maybe delivered
 
 
+# Failures before the mail transaction (connecting, TLS, authentication) say nothing about
+# the message: the route is broken, and the message waits for it (up to max_age) instead of
+# bouncing — a wrong password or an expired certificate must not empty the queue.
+SESSION_STAGES = frozenset({"connect", "greeting", "ehlo", "starttls", "auth"})
+
+
 def classify(error: SmtpError | Reply | BaseException) -> Outcome:
     """Map an error or a refusing reply to an :class:`Outcome`."""
     if isinstance(error, DeliveryStatusUnknown):
         return Outcome.UNKNOWN
     if isinstance(error, Reply):
         return Outcome.TRANSIENT if error.is_temporary else Outcome.PERMANENT
+    if isinstance(error, SmtpError) and error.stage in SESSION_STAGES:
+        return Outcome.TRANSIENT
     if isinstance(error, SmtpError):
         return Outcome.TRANSIENT if error.is_temporary else Outcome.PERMANENT
     return Outcome.PERMANENT  # bad input (MessageError) cannot get better by waiting
