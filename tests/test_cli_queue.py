@@ -207,3 +207,28 @@ def test_routes_may_name_accounts(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     assert Outbox(url, routes={"default": "default"}).routes == {"default": box.routes["default"]}
     box.close()
+
+
+def test_sigterm_mid_send_finishes_that_message_and_releases_the_rest(
+    home: Path, url: str, config: Path, smtp: AiosmtpdServer, handler: ScriptedHandler
+) -> None:
+    box = Outbox(url)
+    ids = box.enqueue_many([message(n) for n in range(5)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smtpsubmit", "worker", "--outbox", url],
+        env=cli_env(home),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        handler.on_data = lambda _content: (proc.send_signal(signal.SIGTERM), time.sleep(0.5))
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    states = [(box.show(i) or {})["state"] for i in ids]
+    assert states == ["sent", "queued", "queued", "queued", "queued"]
+    assert subjects(smtp) == ["outbox message 0"]
+    assert box.stats()["possible_duplicates"] == 0
+    box.close()
