@@ -556,3 +556,23 @@ def test_a_wrong_password_defers_the_queue_instead_of_bouncing_it(
     assert len(aiosmtpd_auth_plain.messages) == 1
     assert (fixed.show(ident) or {})["state"] == "sent"
     fixed.close()
+
+
+def test_connections_of_ended_threads_are_closed(outbox_url: str) -> None:
+    """A web server's thread pool churns: each thread's connection must not outlive it."""
+    box = Outbox(outbox_url)
+
+    def enqueue_once() -> None:
+        box.enqueue(message(1))
+
+    for _ in range(5):
+        thread = threading.Thread(target=enqueue_once)
+        thread.start()
+        thread.join()
+    connections = box.store._connections  # type: ignore[attr-defined]
+    # Each new thread's connection closed the ended threads' ones: what is left is the
+    # main thread's (it migrated the schema) and the last thread's, until the next opening.
+    assert len(connections._open) == 2
+    assert box.stats()["states"]["queued"] == 5
+    box.close()
+    assert connections._open == []

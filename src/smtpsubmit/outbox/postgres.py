@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from smtpsubmit.outbox.sql import Cursor, SqlStore, translate_errors
+from smtpsubmit.outbox.sql import Connections, Cursor, SqlStore, translate_errors
 from smtpsubmit.outbox.store import StoreError
 
 __all__ = ["CHANNEL", "PostgresStore", "redact_url"]
@@ -60,25 +60,20 @@ class PostgresStore(SqlStore):
         self._pg = _require_psycopg()
         self.url = url
         self._where = redact_url(url)
-        self._local = threading.local()
-        self._all: list[Any] = []
-        self._lock = threading.Lock()
+        self._connections = Connections()
+        self._listeners = Connections()
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s")
 
-    def _connect(self, *, autocommit: bool) -> Any:
+    def _connect(self) -> Any:
         with translate_errors((self._pg.Error,), f"cannot connect to the outbox {self._where}"):
-            conn = self._pg.connect(self.url, autocommit=autocommit)
-        with self._lock:
-            self._all.append(conn)
-        return conn
+            return self._pg.connect(self.url, autocommit=True)
 
     def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
+        conn = self._connections.get()
         if conn is None or conn.closed:
-            conn = self._connect(autocommit=True)
-            self._local.conn = conn
+            conn = self._connections.add(self._connect())
         return conn
 
     @contextlib.contextmanager
@@ -102,9 +97,9 @@ class PostgresStore(SqlStore):
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
         """Sleep until an enqueue commits (NOTIFY), ``timeout`` passes or ``stop`` is set."""
-        listener = getattr(self._local, "listener", None)
+        listener = self._listeners.get()
         if listener is None or listener.closed:
-            listener = self._local.listener = self._connect(autocommit=True)
+            listener = self._listeners.add(self._connect())
             with translate_errors((self._pg.Error,), f"outbox {self._where}"):
                 listener.execute(f"LISTEN {CHANNEL}")
         deadline = time.monotonic() + timeout
@@ -114,9 +109,5 @@ class PostgresStore(SqlStore):
                     return
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._connections.close_all()
+        self._listeners.close_all()

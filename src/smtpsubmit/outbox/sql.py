@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -473,6 +474,44 @@ def _message_dict(r: Sequence[Any]) -> dict[str, Any]:
         "retry_at": float(r[6]) if r[3] in ("queued", "deferred") else None,
         "reason": r[7],
     }
+
+
+class Connections:
+    """Each thread's own connection, closed when its thread has ended (checked whenever a
+    new one is opened) or on :meth:`close_all`, so thread churn does not leak them."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._open: list[tuple[threading.Thread, Any]] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        return getattr(self._local, "conn", None)
+
+    def add(self, conn: Any) -> Any:
+        with self._lock:
+            alive = []
+            for thread, other in self._open:
+                if thread.is_alive():
+                    alive.append((thread, other))
+                else:
+                    _close(other)
+            alive.append((threading.current_thread(), conn))
+            self._open = alive
+        self._local.conn = conn
+        return conn
+
+    def close_all(self) -> None:
+        with self._lock:
+            for _thread, conn in self._open:
+                _close(conn)
+            self._open = []
+        self._local = threading.local()
+
+
+def _close(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 @contextlib.contextmanager

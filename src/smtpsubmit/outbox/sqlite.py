@@ -15,12 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from smtpsubmit.outbox.sql import Cursor, SqlStore, translate_errors
+from smtpsubmit.outbox.sql import Connections, Cursor, SqlStore, translate_errors
 from smtpsubmit.outbox.store import StoreError
 
 __all__ = ["SqliteStore", "default_path", "path_from_url"]
@@ -59,9 +58,7 @@ class SqliteStore(SqlStore):
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
         self.read_only = read_only
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = Connections()
         if not read_only:
             directory = os.path.dirname(os.path.abspath(path))
             with translate_errors((OSError,), f"cannot create {directory!r}"):
@@ -73,7 +70,7 @@ class SqliteStore(SqlStore):
         return cls(path, read_only=read_only)
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        conn: sqlite3.Connection | None = self._connections.get()
         if conn is None:
             with translate_errors((sqlite3.Error,), f"cannot open the outbox {self.path!r}"):
                 if self.read_only:
@@ -86,9 +83,7 @@ class SqliteStore(SqlStore):
                     conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+            self._connections.add(conn)
         return conn
 
     @contextlib.contextmanager
@@ -112,9 +107,4 @@ class SqliteStore(SqlStore):
             conn.commit()
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._connections.close_all()
