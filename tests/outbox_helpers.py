@@ -42,6 +42,7 @@ class ScriptedHandler(RecordingHandler):
     data: list[str] = field(default_factory=list)
     on_data: Callable[[bytes], None] | None = None
     refused_data: list[bytes] = field(default_factory=list)
+    drop_after_data: int = 0  # keep this many messages, then hang up instead of answering
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -59,7 +60,12 @@ class ScriptedHandler(RecordingHandler):
         if self.data:
             self.refused_data.append(content)
             return self.data.pop(0)
-        return await super().handle_DATA(server, session, envelope)
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.drop_after_data > 0:  # the message is kept; its 250 never reaches the client
+            self.drop_after_data -= 1
+            assert server.transport is not None
+            server.transport.abort()
+        return reply
 
 
 def start_smtp(handler: RecordingHandler | None = None) -> AiosmtpdServer:

@@ -576,3 +576,31 @@ def test_connections_of_ended_threads_are_closed(outbox_url: str) -> None:
     assert box.stats()["states"]["queued"] == 5
     box.close()
     assert connections._open == []
+
+
+def test_a_lost_final_answer_is_resent_once_and_counted(
+    outbox: Outbox, smtp: AiosmtpdServer, handler: ScriptedHandler
+) -> None:
+    """Q5 without a crash: DeliveryStatusUnknown → ``unknown``, one byte-identical resend."""
+    handler.drop_after_data = 1
+    ident = outbox.enqueue(message(5, to=("a@example.org", "b@example.org")))
+    outbox.run(stop_when_idle=True)
+    assert subjects(smtp) == ["outbox message 5"] * 2
+    assert smtp.messages[0].original_content == smtp.messages[1].original_content
+    assert states(outbox, ident) == {"a@example.org": "sent", "b@example.org": "sent"}
+    assert outbox.stats()["possible_duplicates"] == 2  # one resend, two recipients
+
+
+def test_a_second_lost_answer_is_held(
+    outbox: Outbox, smtp: AiosmtpdServer, handler: ScriptedHandler
+) -> None:
+    handler.drop_after_data = 2
+    ident = outbox.enqueue(message(6))
+    outbox.run(stop_when_idle=True)
+    assert len(smtp.messages) == 2
+    shown = outbox.show(ident)
+    assert shown is not None
+    assert shown["state"] == "unknown"
+    assert shown["recipients"][0]["attempts"] == 2
+    outbox.run(stop_when_idle=True)
+    assert len(smtp.messages) == 2  # held: never sent a third time on its own
