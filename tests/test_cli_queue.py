@@ -232,3 +232,14 @@ def test_sigterm_mid_send_finishes_that_message_and_releases_the_rest(
     assert subjects(smtp) == ["outbox message 0"]
     assert box.stats()["possible_duplicates"] == 0
     box.close()
+
+
+def test_queue_on_postgres(home: Path, postgres_url: str) -> None:
+    box = Outbox(postgres_url)
+    ident = box.enqueue(message(1), route="bulk")
+    stats = json.loads(queue(home, postgres_url, "stats", "--json").stdout)
+    assert stats["routes"] == {"bulk": {"queued": 1}}
+    assert queue(home, postgres_url, "cancel", ident).returncode == 0
+    assert json.loads(queue(home, postgres_url, "purge", "--json").stdout) == {"purged": 1}
+    assert json.loads(queue(home, postgres_url, "list", "--json").stdout) == []
+    box.close()
