@@ -12,14 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from smtpsubmit import Message, MessageError, Option, Server
-from smtpsubmit.outbox import Outbox, RetryPolicy, StoreError
+from smtpsubmit import MessageError, Option, Server
+from smtpsubmit.outbox import Outbox, RetryPolicy
 from smtpsubmit.outbox.store import Begin
 from tests.outbox_helpers import Clock, ScriptedHandler, message, route, serve, subjects
 from tests.servers.aiosmtpd_server import AUTH_PASSWORD, AiosmtpdServer
-from tests.test_readme import readme_server
-
-__all__ = ["readme_server"]
 
 DAY = 24 * 3600.0
 
@@ -272,82 +269,6 @@ def test_no_password_reaches_the_database(
     assert AUTH_PASSWORD not in repr(box)
 
 
-def test_cancel_retry_and_purge(
-    outbox: Outbox, smtp: AiosmtpdServer, handler: ScriptedHandler
-) -> None:
-    handler.data = ["554 5.7.1 no"]
-    bounced = outbox.enqueue(message(1))
-    outbox.run(stop_when_idle=True)
-    waiting = outbox.enqueue(message(2), not_before=outbox.clock() + 3600)
-    cancelled = outbox.enqueue(message(3), not_before=outbox.clock() + 3600)
-    assert outbox.cancel(cancelled) is True
-    assert outbox.cancel(bounced) is False  # only waiting mail can be cancelled
-    assert states(outbox, cancelled) == {"rcpt@example.org": "cancelled"}
-    assert outbox.retry(bounced) is True
-    outbox.run(stop_when_idle=True)
-    assert subjects(smtp) == ["outbox message 1"]
-    assert outbox.retry(bounced) is False  # sent: nothing to retry
-    assert outbox.purge() == 1  # the cancelled one; never the waiting one
-    assert outbox.show(cancelled) is None
-    assert (outbox.show(waiting) or {})["state"] == "queued"
-    assert outbox.purge(sent=True) == 1
-    assert outbox.show(bounced) is None
-    assert [m["id"] for m in outbox.list_messages()] == [waiting]
-
-
-def test_read_only_database_refuses_enqueue(tmp_path: Path, smtp: AiosmtpdServer) -> None:
-    """Q8: a read-only outbox raises at enqueue; what was durable stays."""
-    url = f"sqlite:///{tmp_path}/ro.db"
-    writer = Outbox(url, routes={"default": route(smtp)})
-    kept = writer.enqueue(message(1))
-    reader = Outbox(url + "?mode=ro")
-    with pytest.raises(StoreError, match="readonly"):
-        reader.enqueue(message(2))
-    assert [m["id"] for m in reader.list_messages()] == [kept]
-    writer.run(stop_when_idle=True)
-    assert subjects(smtp) == ["outbox message 1"]
-    reader.close()
-    writer.close()
-
-
-def test_full_disk_at_enqueue_raises_and_loses_nothing(
-    tmp_path: Path, smtp: AiosmtpdServer
-) -> None:
-    """Q8: SQLITE_FULL (the database may not grow) → StoreError, earlier mail intact."""
-    box = Outbox(f"sqlite:///{tmp_path}/full.db", routes={"default": route(smtp)})
-    kept = box.enqueue(message(1))
-    conn = box.store._connection()  # type: ignore[attr-defined]
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count = {pages + 1}")
-    big = Message(sender="a@example.org", to="b@example.org", text="x" * 200_000)
-    with pytest.raises(StoreError, match="full"):
-        box.enqueue(big)
-    assert [m["id"] for m in box.list_messages()] == [kept]
-    box.run(stop_when_idle=True)
-    assert subjects(smtp) == ["outbox message 1"]
-    box.close()
-
-
-def test_a_corrupt_row_is_quarantined_and_the_worker_goes_on(
-    outbox_url: str, outbox: Outbox, smtp: AiosmtpdServer
-) -> None:
-    """Q9: a body that no longer matches its checksum becomes a dead letter with a reason."""
-    bad = outbox.enqueue(message(1))
-    outbox.enqueue(message(2))
-    if outbox_url.startswith("sqlite"):
-        with sqlite3.connect(outbox_url.removeprefix("sqlite://")) as conn:
-            conn.execute("UPDATE outbox_message SET body = X'00' WHERE id = ?", (bad,))
-    else:
-        with psycopg.connect(outbox_url) as conn:
-            conn.execute("UPDATE outbox_message SET body = '\\x00' WHERE id = %s", (bad,))
-    outbox.run(stop_when_idle=True)
-    assert subjects(smtp) == ["outbox message 2"]
-    shown = outbox.show(bad)
-    assert shown is not None
-    assert shown["state"] == "bounced"
-    assert "checksum" in shown["reason"]
-
-
 def test_a_lease_left_by_a_dead_worker_is_taken_over_as_unknown(
     outbox: Outbox, smtp: AiosmtpdServer, clock: Clock
 ) -> None:
@@ -399,38 +320,6 @@ def test_a_route_this_worker_lacks_defers(outbox_url: str, clock: Clock) -> None
     box.close()
 
 
-def test_bad_urls_and_routes_are_clear_errors(tmp_path: Path, smtp: AiosmtpdServer) -> None:
-    with pytest.raises(StoreError, match="unknown outbox URL scheme 'mysql'"):
-        Outbox("mysql://localhost/mail")
-    with pytest.raises(StoreError, match="no path"):
-        Outbox("sqlite://")
-    (tmp_path / "adir").mkdir()
-    with pytest.raises(StoreError, match="adir"):
-        Outbox(f"sqlite:///{tmp_path}/adir")
-    box = Outbox(f"sqlite:///{tmp_path}/o.db", routes={"default": route(smtp)})
-    with pytest.raises(ValueError, match="no route 'bulk'"):
-        box.enqueue(message(1), route="bulk")
-    with pytest.raises(TypeError, match="route 'x' must be a Server or an account name"):
-        Outbox(f"sqlite:///{tmp_path}/o.db", routes={"x": 25})  # type: ignore[dict-item]
-    box.close()
-
-
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/o.db"
-    Outbox(url).close()
-    with sqlite3.connect(tmp_path / "o.db") as conn:
-        conn.execute("UPDATE outbox_meta SET value = '99' WHERE name = 'schema_version'")
-    with pytest.raises(StoreError, match="version 99, newer"):
-        Outbox(url)
-
-
-def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
-    with pytest.raises(StoreError) as info:
-        Outbox("postgresql://user:hunter2-CANARY@127.0.0.1:1/db")
-    assert "hunter2-CANARY" not in str(info.value)
-    assert "user:***@127.0.0.1:1" in str(info.value)
-
-
 def test_postgres_notify_wakes_an_idle_worker(postgres_url: str, smtp: AiosmtpdServer) -> None:
     """An idle PostgreSQL worker polls only every 30 s: a delivery within seconds of the
     enqueue proves LISTEN/NOTIFY woke it; stop() ends it promptly."""
@@ -454,20 +343,6 @@ def test_postgres_notify_wakes_an_idle_worker(postgres_url: str, smtp: AiosmtpdS
     box.close()
 
 
-def test_readme_outbox_section_runs(readme_server: AiosmtpdServer) -> None:
-    from tests.test_readme import python_blocks, run_block
-
-    namespace: dict[str, object] = {}
-    for number, block in enumerate(python_blocks("Outbox"), 1):
-        run_block(block, namespace, f"README.md Outbox block {number}")
-    assert len(readme_server.messages) == 1
-    assert readme_server.messages[0].auth_login == readme_server.username
-    box = namespace["outbox"]
-    assert isinstance(box, Outbox)
-    assert box.show(str(namespace["ident"]))["state"] == "sent"  # type: ignore[index]
-    box.close()
-
-
 def test_addresses_are_checked_and_stored_in_wire_form(
     outbox: Outbox, smtp: AiosmtpdServer
 ) -> None:
@@ -483,47 +358,6 @@ def test_addresses_are_checked_and_stored_in_wire_form(
     assert smtp.messages[0].rcpt_tos == ["b@xn--bcher-kva.example"]
     assert smtp.messages[0].mail_from == "a@example.org"
     assert states(outbox, ident) == {"b@xn--bcher-kva.example": "sent"}
-
-
-def test_prometheus_metrics_read_the_outbox(
-    outbox: Outbox, smtp: AiosmtpdServer, handler: ScriptedHandler, clock: Clock
-) -> None:
-    import urllib.request
-
-    from smtpsubmit.outbox.metrics import serve_metrics
-
-    handler.data = ["554 5.7.1 no"]
-    outbox.enqueue(message(1))
-    outbox.run(stop_when_idle=True)
-    outbox.enqueue(message(2))
-    clock.advance(30)
-    server = serve_metrics(outbox, 0)
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-    finally:
-        server.shutdown()
-    lines = set(text.splitlines())
-    assert 'smtpsubmit_outbox_messages{state="bounced"} 1.0' in lines
-    assert 'smtpsubmit_outbox_messages{state="queued"} 1.0' in lines
-    assert 'smtpsubmit_outbox_route_messages{route="default",state="queued"} 1.0' in lines
-    assert "smtpsubmit_outbox_oldest_age_seconds 30.0" in lines
-    assert "smtpsubmit_outbox_possible_duplicates 0.0" in lines
-    assert any(line.startswith("smtpsubmit_outbox_send_rate ") for line in lines)
-
-
-def test_read_only_postgres_refuses_enqueue(postgres_url: str, smtp: AiosmtpdServer) -> None:
-    """Q8 on PostgreSQL: a read-only session (as on a standby) raises, nothing is stored."""
-    writer = Outbox(postgres_url, routes={"default": route(smtp)})
-    kept = writer.enqueue(message(1))
-    reader = Outbox(postgres_url + "%20-cdefault_transaction_read_only%3Don", migrate=False)
-    with pytest.raises(StoreError, match="read-only transaction"):
-        reader.enqueue(message(2))
-    assert [m["id"] for m in reader.list_messages()] == [kept]
-    writer.run(stop_when_idle=True)
-    assert subjects(smtp) == ["outbox message 1"]
-    reader.close()
-    writer.close()
 
 
 def test_a_wrong_password_defers_the_queue_instead_of_bouncing_it(
@@ -556,26 +390,6 @@ def test_a_wrong_password_defers_the_queue_instead_of_bouncing_it(
     assert len(aiosmtpd_auth_plain.messages) == 1
     assert (fixed.show(ident) or {})["state"] == "sent"
     fixed.close()
-
-
-def test_connections_of_ended_threads_are_closed(outbox_url: str) -> None:
-    """A web server's thread pool churns: each thread's connection must not outlive it."""
-    box = Outbox(outbox_url)
-
-    def enqueue_once() -> None:
-        box.enqueue(message(1))
-
-    for _ in range(5):
-        thread = threading.Thread(target=enqueue_once)
-        thread.start()
-        thread.join()
-    connections = box.store._connections  # type: ignore[attr-defined]
-    # Each new thread's connection closed the ended threads' ones: what is left is the
-    # main thread's (it migrated the schema) and the last thread's, until the next opening.
-    assert len(connections._open) == 2
-    assert box.stats()["states"]["queued"] == 5
-    box.close()
-    assert connections._open == []
 
 
 def test_a_lost_final_answer_is_resent_once_and_counted(
