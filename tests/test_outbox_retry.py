@@ -164,3 +164,12 @@ def test_decide_is_pure() -> None:
     policy = RetryPolicy()
     calls = [policy.decide(Reply(451), 4, 100.0, random=fixed(0.3)) for _ in range(3)]
     assert calls[0] == calls[1] == calls[2]
+
+
+def test_the_outbox_names_are_exported_from_the_package() -> None:
+    import smtpsubmit
+    import smtpsubmit.outbox
+
+    for name in ("Outbox", "AsyncOutbox", "RetryPolicy"):
+        assert getattr(smtpsubmit, name) is getattr(smtpsubmit.outbox, name)
+        assert name in smtpsubmit.__all__

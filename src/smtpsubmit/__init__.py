@@ -24,6 +24,7 @@ from smtpsubmit.errors import (
     TlsError,
 )
 from smtpsubmit.message import Attachment, Encoding, Message
+from smtpsubmit.outbox import AsyncOutbox, Outbox, RetryPolicy
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Option, Server
@@ -45,6 +46,7 @@ __all__ = [
     "AsyncClient",
     "AsyncFileTransport",
     "AsyncMemoryTransport",
+    "AsyncOutbox",
     "AsyncTransport",
     "Attachment",
     "AuthError",
@@ -61,10 +63,12 @@ __all__ = [
     "MessageError",
     "MessageTooLarge",
     "Option",
+    "Outbox",
     "Progress",
     "ProtocolError",
     "RecipientsRefused",
     "Reply",
+    "RetryPolicy",
     "SenderRefused",
     "SentMessage",
     "Server",
