@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -201,3 +202,67 @@ def test_connections_of_ended_threads_are_closed(outbox_url: str) -> None:
     assert box.stats()["states"]["queued"] == 5
     box.close()
     assert connections._open == []
+
+
+def test_a_worker_survives_its_database_connections_being_cut(
+    postgres_url: str, smtp: AiosmtpdServer
+) -> None:
+    """Every server-side connection is terminated while the worker idles: it reconnects
+    (claims and LISTEN alike) and delivers what is enqueued afterwards."""
+    from smtpsubmit.outbox.worker import Worker
+
+    box = Outbox(postgres_url, routes={"default": route(smtp)})
+    worker = Worker(box, concurrency=1)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert killed is not None and killed[0] >= 2  # the worker's claim and LISTEN connections
+        enqueuer = Outbox(postgres_url, migrate=False)
+        enqueuer.enqueue(message(1))
+        smtp.wait_for(1, timeout=15)
+        enqueuer.close()
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert box.stats()["states"]["sent"] == 1
+    box.close()
+
+
+def test_an_unexpected_error_does_not_end_the_worker(
+    tmp_path: Path, smtp: AiosmtpdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in one delivery is logged; the thread carries on and the lease hands the
+    message to the next claim."""
+    from smtpsubmit.outbox.worker import Worker
+
+    box = Outbox(f"sqlite:///{tmp_path}/o.db", routes={"default": route(smtp)}, lease=0.5)
+    real_plan = Outbox.plan
+    calls = []
+
+    def flaky_plan(self: Outbox, *args: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real_plan(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Outbox, "plan", flaky_plan)
+    box.enqueue(message(1))
+    worker = Worker(box)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        smtp.wait_for(1, timeout=10)
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert len(calls) >= 2
+    assert box.stats()["states"]["sent"] == 1
+    box.close()

@@ -84,9 +84,22 @@ class PostgresStore(SqlStore):
             with translate_errors((self._pg.Error,), "cannot write to the outbox"):
                 yield connection.cursor()
             return
+        where = f"outbox {self._where}"
+        with translate_errors((self._pg.Error,), where), contextlib.ExitStack() as stack:
+            yield self._open_transaction(stack).cursor()
+
+    def _open_transaction(self, stack: contextlib.ExitStack) -> Any:
+        """Open a transaction; a connection found dead at BEGIN (the server restarted, an
+        administrator cut it) is replaced once — nothing of the transaction ran yet."""
         conn = self._connection()
-        with translate_errors((self._pg.Error,), f"outbox {self._where}"), conn.transaction():
-            yield conn.cursor()
+        try:
+            stack.enter_context(conn.transaction())
+        except self._pg.OperationalError:
+            if not conn.closed:
+                raise
+            conn = self._connection()  # a new one: the dead one is closed
+            stack.enter_context(conn.transaction())
+        return conn
 
     def _lock_schema(self, cur: Cursor) -> None:
         # Two workers starting together must not both create the tables.

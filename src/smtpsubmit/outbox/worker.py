@@ -171,6 +171,11 @@ class Worker:
                     # The database is away: keep trying; leases protect what was claimed.
                     log.warning("outbox: database error, retrying: %s", exc)
                     self.stopping.wait(IDLE_POLL)
+                except Exception:
+                    # A bug must not silently end this thread: what it held is protected by
+                    # its lease and will be taken over; this thread carries on.
+                    log.exception("outbox: unexpected error in the worker, carrying on")
+                    self.stopping.wait(IDLE_POLL)
         finally:
             for sender in senders.values():
                 sender.close()
