@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install the system packages the real-server test fixtures need (tests/servers/postfix.py):
-# Postfix (private instance per test session), Dovecot (SASL auth only), swaks and msmtp
-# (interop checks); NSD, Unbound and ldnsutils for the DNSSEC chain of tests/servers/dns.py. Meant for CI on a fresh Debian 12 machine, run as root. Idempotent: when
+# Install the system packages the real-server test fixtures need (tests/servers/postfix.py,
+# tests/servers/postgres.py): Postfix (private instance per test session), Dovecot (SASL auth
+# only), swaks and msmtp (interop checks), PostgreSQL (a private cluster for the outbox tests;
+# it does not conflict with postfix); NSD, Unbound and ldnsutils for the DNSSEC chain of
+# tests/servers/dns.py; OpenDKIM as a milter. Meant for CI on a fresh Debian 12 machine, run as root. Idempotent: when
 # everything is already installed it returns at once without touching apt.
 #
 # It never starts a system service: the fixture runs its own private instances from a temp
@@ -25,6 +27,7 @@ PACKAGES=(
     nsd           # authoritative DNS for the direct-delivery tests (tests/servers/dns.py)
     unbound       # validating resolver there: the AD bit DANE relies on is real
     ldnsutils     # ldns-signzone / ldns-keygen: DNSSEC-signs the test zones
+    postgresql    # initdb/pg_ctl for the outbox tests' private cluster (tests/servers/postgres.py)
 )
 
 missing=()
@@ -64,6 +67,9 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# The tests make their own cluster; Debian's default "main" cluster would only take space.
+mkdir -p /etc/postgresql-common/createcluster.d
+echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/smtpsubmit-tests.conf
 
 apt-get update
 apt-get install -y --no-install-recommends "${missing[@]}"

@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.servers.postfix",
     "tests.servers.proxy",
     "tests.servers.mxnet",
+    "tests.servers.postgres",
     "tests.drivers",
 ]
 

@@ -28,6 +28,7 @@ from smtpsubmit.errors import (
     TlsError,
 )
 from smtpsubmit.message import Attachment, Encoding, Message
+from smtpsubmit.outbox import AsyncOutbox, Outbox, RetryPolicy
 from smtpsubmit.pool import AsyncPool, Pool
 from smtpsubmit.protocol import Capabilities
 from smtpsubmit.ratelimit import RateLimit
@@ -52,6 +53,7 @@ __all__ = [
     "AsyncClient",
     "AsyncFileTransport",
     "AsyncMemoryTransport",
+    "AsyncOutbox",
     "AsyncPool",
     "AsyncTransport",
     "Attachment",
@@ -74,6 +76,7 @@ __all__ = [
     "MessageError",
     "MessageTooLarge",
     "Option",
+    "Outbox",
     "Pool",
     "PoolTimeout",
     "Progress",
@@ -81,6 +84,7 @@ __all__ = [
     "RateLimit",
     "RecipientsRefused",
     "Reply",
+    "RetryPolicy",
     "SenderRefused",
     "SentMessage",
     "Server",

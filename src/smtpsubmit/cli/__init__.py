@@ -1,4 +1,5 @@
-"""The ``smtpsubmit`` command line: ``send``, ``sendmail``, ``probe``, ``dkim`` and ``demo``.
+"""The ``smtpsubmit`` command line: ``send``, ``sendmail``, ``probe``, ``dkim``, ``demo``, and
+the outbox's ``worker`` and ``queue``.
 
 ``main(argv)`` returns a sysexits status (see :mod:`smtpsubmit.cli.errors`)
 and never raises, except ``KeyboardInterrupt`` as status 130. rich,
@@ -58,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from smtpsubmit import __version__
-    from smtpsubmit.cli import demo, dkim, probe, send, sendmail
+    from smtpsubmit.cli import demo, dkim, probe, queue, send, sendmail, worker
 
     parser = _Parser(
         prog="smtpsubmit",
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.register(sub)
     dkim.register(sub)
     demo.register(sub)
+    worker.register(sub)
+    queue.register(sub)
     return parser
 
 

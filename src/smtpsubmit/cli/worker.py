@@ -1,0 +1,160 @@
+"""``smtpsubmit worker``: deliver an outbox's mail until stopped.
+
+Routes are the accounts of the account file (§8): every ``[accounts.NAME]``
+is the route ``NAME``, and the default account is also the route
+``default``. Passwords come from the account (``password_command``,
+``password_env``) at start-up and stay in memory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from smtpsubmit.cli.config import load_config
+from smtpsubmit.cli.errors import EX_OK, EX_TEMPFAIL, CliError, ConfigError, UsageError
+from smtpsubmit.cli.options import build_server
+from smtpsubmit.server import Server
+
+DESCRIPTION = """\
+Claim queued messages from the outbox and deliver them, recording each
+recipient's outcome as soon as the server answers. Any number of workers may
+share one PostgreSQL outbox; a SQLite outbox is shared by the workers of one
+machine. SIGTERM (or Ctrl-C) finishes the messages in flight and stops.
+"""
+
+EPILOG = """\
+examples:
+  smtpsubmit worker                                     # the default SQLite outbox
+  smtpsubmit worker --outbox postgresql://mail@db/mail --concurrency 8
+  smtpsubmit worker --outbox sqlite:///var/spool/app/outbox.db --once   # from cron
+
+Routes are the accounts of the account file; the default account is also `default`.
+"""
+
+
+def add_outbox_option(parser: argparse.ArgumentParser, **kwargs: Any) -> None:
+    parser.add_argument(
+        "--outbox",
+        metavar="URL",
+        help="sqlite:///PATH or postgresql://… (default: $SMTPSUBMIT_OUTBOX, else a SQLite "
+        "file in the user's data directory)",
+        **kwargs,
+    )
+
+
+def outbox_url(args: argparse.Namespace) -> str | None:
+    return getattr(args, "outbox", None) or os.environ.get("SMTPSUBMIT_OUTBOX") or None
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "worker",
+        help="deliver the mail queued in an outbox",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_outbox_option(parser)
+    parser.add_argument("--concurrency", type=int, default=1, metavar="N", help="threads")
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a claim lasts before another worker may take it over (default 60)",
+    )
+    parser.add_argument("--once", action="store_true", help="stop when nothing is due")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on /metrics (needs the `metrics` extra)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address for --metrics-port (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    parser.add_argument("--config", metavar="PATH", help="account file (the routes)")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on failure")
+    parser.set_defaults(run=run)
+
+
+def server_for_account(name: str, config_path: str | None = None) -> Server:
+    """The Server of ``[accounts.NAME]`` (``"default"``: the default account)."""
+    config = load_config(config_path)
+    if name == "default" and "default" not in config.accounts:
+        account = config.account(None)  # the default account, if the file names one
+    else:
+        account = config.account(name)  # an unknown name is a ConfigError
+    if account is None:
+        raise ConfigError("no default account in the account file")
+    return build_server(argparse.Namespace(), account)
+
+
+def routes_from_accounts(config_path: str | None) -> dict[str, Server]:
+    config = load_config(config_path)
+    routes: dict[str, Server] = {}
+    blank = argparse.Namespace()
+    for name, account in config.accounts.items():
+        routes[name] = build_server(blank, account)
+    if config.default is not None:
+        routes.setdefault("default", routes[config.default])
+    return routes
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Outbox database failures as exit codes: a bad URL 64, anything else 75."""
+    from smtpsubmit.outbox import StoreError
+
+    try:
+        yield
+    except StoreError as exc:
+        text = str(exc)
+        if "URL" in text:
+            raise UsageError(text) from None
+        raise CliError(text, EX_TEMPFAIL, "is the database reachable and writable?") from None
+
+
+def open_outbox(args: argparse.Namespace, **kwargs: Any) -> Any:
+    """The Outbox for ``--outbox`` (schema created or upgraded when needed)."""
+    from smtpsubmit.outbox import Outbox
+
+    with store_errors():
+        return Outbox(outbox_url(args), **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    if args.lease <= 0:
+        raise UsageError("--lease must be a positive number of seconds")
+    routes = routes_from_accounts(args.config)
+    if not routes:
+        raise ConfigError(
+            "no routes: the account file defines no accounts",
+            hint="add [accounts.NAME] tables (each is a route) and a default",
+        )
+    outbox = open_outbox(args, routes=routes, lease=args.lease)
+    metrics = None
+    try:
+        if args.metrics_port is not None:
+            from smtpsubmit.outbox.metrics import serve_metrics
+
+            try:
+                metrics = serve_metrics(outbox, args.metrics_port, args.metrics_host)
+            except (RuntimeError, OSError) as exc:
+                raise ConfigError(f"--metrics-port: {exc}") from None
+        with store_errors():
+            outbox.run(concurrency=args.concurrency, stop_when_idle=args.once)
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+        outbox.close()
+    return EX_OK

@@ -1,0 +1,14 @@
+"""The durable outbox (contract §10): enqueue now, deliver later, survive crashes.
+
+:class:`Outbox` stores rendered messages in SQLite (default) or PostgreSQL;
+workers (:meth:`Outbox.run`, ``smtpsubmit worker``) claim them under a lease
+and deliver them with per-recipient state; :class:`RetryPolicy` decides what
+happens after a failure.
+"""
+
+from smtpsubmit.outbox.aio import AsyncOutbox
+from smtpsubmit.outbox.outbox import Outbox
+from smtpsubmit.outbox.retry import Decision, Outcome, RetryPolicy
+from smtpsubmit.outbox.store import StoreError
+
+__all__ = ["AsyncOutbox", "Decision", "Outbox", "Outcome", "RetryPolicy", "StoreError"]

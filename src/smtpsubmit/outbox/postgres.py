@@ -1,0 +1,126 @@
+"""The outbox store for many workers on many machines: PostgreSQL through psycopg 3.
+
+Claims take rows with ``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent
+workers never block on, or double-claim, the same message; a lease
+(``lease_until``) lets another worker take over the mail of one that died.
+Enqueue sends ``NOTIFY smtpsubmit_outbox`` in the same transaction, so idle
+workers (``LISTEN``) wake the moment the row commits, not at the next poll.
+
+Each thread uses its own connection; the password of the database URL is
+never shown in an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from smtpsubmit.outbox.sql import Connections, Cursor, SqlStore, translate_errors
+from smtpsubmit.outbox.store import StoreError
+
+__all__ = ["CHANNEL", "PostgresStore", "redact_url"]
+
+CHANNEL = "smtpsubmit_outbox"
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - depends on the installed extras
+    psycopg = None  # type: ignore[assignment]
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _require_psycopg() -> Any:
+    if psycopg is None:
+        raise StoreError("a PostgreSQL outbox needs psycopg 3: pip install 'smtpsubmit[postgres]'")
+    return psycopg
+
+
+class PostgresStore(SqlStore):
+    """An outbox in a PostgreSQL database shared by any number of workers."""
+
+    blob_type = "BYTEA"
+    lock_clause = " FOR UPDATE SKIP LOCKED"
+    poll_interval = 30.0  # NOTIFY wakes idle workers; this is only a safety net
+
+    def __init__(self, url: str) -> None:
+        self._pg = _require_psycopg()
+        self.url = url
+        self._where = redact_url(url)
+        self._connections = Connections()
+        self._listeners = Connections()
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def _connect(self) -> Any:
+        with translate_errors((self._pg.Error,), f"cannot connect to the outbox {self._where}"):
+            return self._pg.connect(self.url, autocommit=True)
+
+    def _connection(self) -> Any:
+        conn = self._connections.get()
+        if conn is None or conn.closed:
+            conn = self._connections.add(self._connect())
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self, connection: Any = None) -> Iterator[Cursor]:
+        if connection is not None:
+            if not isinstance(connection, self._pg.Connection):
+                raise TypeError("a PostgreSQL outbox needs a psycopg.Connection as connection=")
+            with translate_errors((self._pg.Error,), "cannot write to the outbox"):
+                yield connection.cursor()
+            return
+        where = f"outbox {self._where}"
+        with translate_errors((self._pg.Error,), where), contextlib.ExitStack() as stack:
+            yield self._open_transaction(stack).cursor()
+
+    def _open_transaction(self, stack: contextlib.ExitStack) -> Any:
+        """Open a transaction; a connection found dead at BEGIN (the server restarted, an
+        administrator cut it) is replaced once — nothing of the transaction ran yet."""
+        conn = self._connection()
+        try:
+            stack.enter_context(conn.transaction())
+        except self._pg.OperationalError:
+            if not conn.closed:
+                raise
+            conn = self._connection()  # a new one: the dead one is closed
+            stack.enter_context(conn.transaction())
+        return conn
+
+    def _lock_schema(self, cur: Cursor) -> None:
+        # Two workers starting together must not both create the tables.
+        cur.execute("SELECT pg_advisory_xact_lock(7104316485)")
+
+    def _after_insert(self, cur: Cursor) -> None:
+        cur.execute(f"NOTIFY {CHANNEL}")
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        """Sleep until an enqueue commits (NOTIFY), ``timeout`` passes or ``stop`` is set."""
+        listener = self._listeners.get()
+        if listener is None or listener.closed:
+            listener = self._listeners.add(self._connect())
+            with translate_errors((self._pg.Error,), f"outbox {self._where}"):
+                listener.execute(f"LISTEN {CHANNEL}")
+        deadline = time.monotonic() + timeout
+        with translate_errors((self._pg.Error,), f"outbox {self._where}"):
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                if any(True for _ in listener.notifies(timeout=min(left, 0.5), stop_after=1)):
+                    return
+
+    def close(self) -> None:
+        self._connections.close_all()
+        self._listeners.close_all()

@@ -1,0 +1,307 @@
+"""The outbox worker: claim, send, record — with the record always ahead of the wire.
+
+For each claimed message a worker thread (1) commits ``sending`` for the
+recipients it is about to send, (2) sends through the route's sender, (3)
+commits each recipient's outcome right after the reply. A crash between (1)
+and (3) leaves ``sending``; when the lease runs out another worker turns it
+into ``unknown`` and the retry policy decides (by default: one byte-identical
+resend, counted as a possible duplicate).
+
+``SIGTERM`` (and ``SIGINT``) stop claiming; messages in flight finish and the
+rest of a claimed batch is released at once for other workers.
+
+Test hook: when the environment variable ``SMTPSUBMIT_TEST_KILL_AT`` is set
+to ``POINT`` or ``POINT@N`` the process kills itself with ``SIGKILL`` at the
+N-th (default first) passage through that point — ``after-claim``,
+``after-sending`` (committed, nothing sent), ``mid-data`` (part of the data
+written), ``after-reply`` (answer received, outcome not committed) or
+``after-commit``. It exists for the crash tests and is inert when unset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from smtpsubmit.client import Client
+from smtpsubmit.errors import MessageError, ServerDisconnected, SmtpError
+from smtpsubmit.outbox.outbox import checksum, summarize
+from smtpsubmit.outbox.store import Begin, Claimed, Finish, RecipientUpdate, StoreError
+from smtpsubmit.result import Progress, SubmitResult
+from smtpsubmit.server import Server
+
+if TYPE_CHECKING:
+    from smtpsubmit.outbox.outbox import Outbox
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("smtpsubmit.outbox")
+IDLE_POLL = 1.0  # after a database error, how long before trying again
+
+
+class _KillHook:
+    """The crash-test hook (see the module docstring); does nothing when unset."""
+
+    def __init__(self, spec: str | None) -> None:
+        point, _, count = (spec or "").partition("@")
+        self.point = point or None
+        self.remaining = int(count or "1")
+        self.lock = threading.Lock()
+
+    def __call__(self, point: str) -> None:
+        if self.point != point:
+            return
+        with self.lock:
+            self.remaining -= 1
+            if self.remaining <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+_hook = _KillHook(os.environ.get("SMTPSUBMIT_TEST_KILL_AT"))
+
+
+class _RouteSender:
+    """One connection to one route's server, opened on demand and reopened when lost.
+
+    ``send(raw, sender=, recipients=)`` has the shape of ``Pool.send``.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.client: Client | None = None
+
+    def send(
+        self, raw: bytes, *, sender: str, recipients: Sequence[str], progress: Any = None
+    ) -> SubmitResult:
+        reused = self.client is not None and self.client.is_connected
+        try:
+            return self._send(raw, sender, recipients, progress)
+        except ServerDisconnected:
+            # Only a connection that idled may have been closed under us; nothing of the
+            # message reached the server (else it would be DeliveryStatusUnknown): once more.
+            if not reused:
+                raise
+            self.close()
+            return self._send(raw, sender, recipients, progress)
+
+    def _send(
+        self, raw: bytes, sender: str, recipients: Sequence[str], progress: Any
+    ) -> SubmitResult:
+        if self.client is None or not self.client.is_connected:
+            self.client = Client(self.server)
+            self.client.connect()
+        return self.client.send(raw, sender=sender, recipients=recipients, progress=progress)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def _mid_data(progress: Progress) -> None:
+    if progress.stage == "data" and 0 < progress.bytes_sent < progress.bytes_total:
+        _hook("mid-data")
+
+
+class Worker:
+    """Threads that drain an :class:`~smtpsubmit.outbox.Outbox`."""
+
+    def __init__(self, outbox: Outbox, *, concurrency: int = 1, batch_size: int = 8) -> None:
+        if concurrency < 1 or batch_size < 1:
+            raise ValueError("concurrency and batch_size must be at least 1")
+        self.outbox = outbox
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stopping = threading.Event()
+        self.sent = 0
+        self._count_lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Stop claiming; messages in flight finish."""
+        self.stopping.set()
+
+    def run(self, *, stop_when_idle: bool = False) -> None:
+        """Run until :meth:`stop` (or SIGTERM), or until nothing is due when ``stop_when_idle``."""
+        with self._signals():
+            threads = [
+                threading.Thread(
+                    target=self._loop, args=(stop_when_idle,), name=f"outbox-{i}", daemon=True
+                )
+                for i in range(self.concurrency)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)  # short joins keep the main thread responsive to signals
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {
+            sig: signal.signal(sig, lambda *_: self.stop())
+            for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _loop(self, stop_when_idle: bool) -> None:
+        senders: dict[str, _RouteSender] = {}
+        try:
+            while not self.stopping.is_set():
+                try:
+                    if not self._step(senders):
+                        if stop_when_idle:
+                            return
+                        self._idle()
+                except StoreError as exc:
+                    # The database is away: keep trying; leases protect what was claimed.
+                    log.warning("outbox: database error, retrying: %s", exc)
+                    self.stopping.wait(IDLE_POLL)
+                except Exception:
+                    # A bug must not silently end this thread: what it held is protected by
+                    # its lease and will be taken over; this thread carries on.
+                    log.exception("outbox: unexpected error in the worker, carrying on")
+                    self.stopping.wait(IDLE_POLL)
+        finally:
+            for sender in senders.values():
+                sender.close()
+
+    def _step(self, senders: dict[str, _RouteSender]) -> bool:
+        """Claim and deliver one batch; False (after waiting, unless idle stops) if none."""
+        outbox = self.outbox
+        batch = outbox.store.claim(self.owner, self.batch_size, outbox.clock(), outbox.lease)
+        if batch:
+            _hook("after-claim")
+            self._work(batch, senders)
+            return True
+        return False
+
+    def _idle(self) -> None:
+        store = self.outbox.store
+        next_due = store.next_due()
+        wait = store.poll_interval
+        if next_due is not None:
+            wait = min(wait, next_due - self.outbox.clock())
+        store.wait(max(wait, 0.05), self.stopping)
+
+    def _work(self, batch: list[Claimed], senders: dict[str, _RouteSender]) -> None:
+        """Deliver a batch. A message's outcome is committed in the same transaction as
+        the next message's ``sending`` (one commit per message, not two); nothing touches
+        the network in between, so the outcome is still recorded right after the reply."""
+        pending: Finish | None = None
+        try:
+            for index, claimed in enumerate(batch):
+                if self.stopping.is_set():
+                    self._commit(pending)
+                    pending = None
+                    self._release(batch[index:])
+                    return
+                try:
+                    pending = self._deliver(claimed, senders, pending)
+                except StoreError as exc:
+                    # The lease runs out and another worker takes over: nothing is lost.
+                    pending = None
+                    log.warning("outbox: could not record message %s: %s", claimed.id, exc)
+        finally:
+            self._commit(pending)
+
+    def _release(self, rest: list[Claimed]) -> None:
+        now = self.outbox.clock()
+        for claimed in rest:
+            state, due = summarize(claimed.recipients, [], now)
+            self.outbox.store.finish(Finish(claimed.id, self.owner, [], state, due, None, now))
+
+    def _deliver(
+        self, claimed: Claimed, senders: dict[str, _RouteSender], pending: Finish | None
+    ) -> Finish | None:
+        """Send one claimed message; returns its outcome, not yet committed."""
+        outbox, now = self.outbox, self.outbox.clock()
+        if checksum(claimed.body) != claimed.checksum:
+            self._commit(pending)
+            return self._quarantine(claimed, "corrupt: the stored body does not match its checksum")
+        to_send, decided = outbox.plan(claimed, now)
+        if to_send:
+            server = (outbox.routes or {}).get(claimed.route)
+            if server is None:
+                result: SubmitResult | BaseException = SmtpError(
+                    f"this worker has no route {claimed.route!r}", is_temporary=True
+                )
+            else:
+                positions = [r.position for r in to_send]
+                begin = Begin(claimed.id, self.owner, positions, now, outbox.lease)
+                finished, began = outbox.store.record(pending, begin)
+                self._committed(pending, finished)
+                if not began:
+                    log.warning("outbox: lease on %s lost before sending", claimed.id)
+                    return None
+                pending = None
+                _hook("after-sending")
+                result = self._send(claimed, [r.address for r in to_send], senders, server)
+                _hook("after-reply")
+            now = outbox.clock()
+            decided += outbox.outcomes(claimed, to_send, result, now)
+        self._commit(pending)
+        state, due = summarize(claimed.recipients, decided, now)
+        reason = next((u.reply_text for u in decided if u.state != "sent"), None)
+        return Finish(claimed.id, self.owner, decided, state, due, reason, now)
+
+    def _send(
+        self,
+        claimed: Claimed,
+        recipients: list[str],
+        senders: dict[str, _RouteSender],
+        server: Server,
+    ) -> SubmitResult | BaseException:
+        sender = senders.get(claimed.route)
+        if sender is None:
+            sender = senders[claimed.route] = _RouteSender(server)
+        try:
+            return sender.send(
+                claimed.body, sender=claimed.sender, recipients=recipients, progress=_mid_data
+            )
+        except (SmtpError, MessageError) as exc:
+            return exc
+        except Exception as exc:  # a bug must not stop the worker: retried later
+            log.exception("outbox: unexpected error sending %s", claimed.id)
+            sender.close()
+            return SmtpError(f"unexpected error: {type(exc).__name__}", is_temporary=True)
+
+    def _commit(self, pending: Finish | None) -> None:
+        if pending is not None:
+            self._committed(pending, self.outbox.store.record(pending, None)[0])
+
+    def _committed(self, finish: Finish | None, ok: bool) -> None:
+        if finish is None:
+            return
+        if not ok:
+            log.warning("outbox: lease on %s lost; its outcome was not recorded", finish.message)
+            return
+        _hook("after-commit")
+        if finish.state == "sent":
+            with self._count_lock:
+                self.sent += 1
+
+    def _quarantine(self, claimed: Claimed, reason: str) -> Finish:
+        """A corrupt row becomes a dead letter with its reason; the worker keeps going."""
+        log.error("outbox: message %s quarantined: %s", claimed.id, reason)
+        updates = [
+            RecipientUpdate(r.position, "bounced", None, None, reason)
+            for r in claimed.recipients
+            if r.state not in ("sent", "bounced", "cancelled")
+        ]
+        now = self.outbox.clock()
+        return Finish(claimed.id, self.owner, updates, "bounced", now, reason, now)
