@@ -37,14 +37,25 @@ from bench.common import (
     status_kib,
     write_random_file,
 )
+from bench.delay import DelayProxy
 from bench.servers import ROOT, SMTP_SOURCE, Postfix, Sink
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "smtplib"
 SEND_CLIENTS = ["smtpsubmit", "smtpsubmit-async", "smtplib", "aiosmtplib", "smtp-source"]
+POOL_CLIENTS = ["smtpsubmit-pool", "smtpsubmit-pool-async"]
+POSTFIX_WORKLOADS = {"W6", "W8c"}
+# Bench-side client names that run a runner client with other settings: (client, --window).
+ALIASES: dict[str, tuple[str, int | None]] = {
+    "many-w1": ("smtpsubmit-many", 1),
+    "many-w10": ("smtpsubmit-many", 10),
+    "many-w100": ("smtpsubmit-many", 100),
+    "pool-10k": ("smtpsubmit-pool", None),
+    "pool-100k": ("smtpsubmit-pool", None),
+}
 CLIENTS: dict[str, list[str]] = {
     "W1": SEND_CLIENTS,
-    "W2": SEND_CLIENTS,
+    "W2": SEND_CLIENTS + POOL_CLIENTS,
     "W3": ["smtpsubmit", "smtpsubmit-async", "smtplib", "aiosmtplib"],
     "W3-big": ["smtpsubmit", "smtpsubmit-async", "smtplib", "aiosmtplib"],
     "W4": SEND_CLIENTS,
@@ -52,6 +63,9 @@ CLIENTS: dict[str, list[str]] = {
     "W5b": ["smtpsubmit", "smtplib"],
     "W6": ["smtpsubmit", "smtpsubmit-nochunking", "smtplib"],
     "W1s": ["smtpsubmit-many", "smtpsubmit-many-async", "smtplib", "smtp-source"],
+    "W8": ["smtpsubmit-many", "smtpsubmit", "smtplib", "smtp-source"],
+    "W8c": ["many-w1", "many-w10", "many-w100", "smtplib", "smtp-source"],
+    "W7": ["pool-10k", "pool-100k"],
 }
 LABELS = {
     "smtpsubmit": "smtpsubmit Client",
@@ -62,6 +76,11 @@ LABELS = {
     "smtplib": "smtplib",
     "aiosmtplib": "aiosmtplib",
     "smtp-source": "smtp-source (C)",
+    "many-w1": "smtpsubmit Client.send_many, window=1",
+    "many-w10": "smtpsubmit Client.send_many, window=10",
+    "many-w100": "smtpsubmit Client.send_many, window=100",
+    "pool-10k": "smtpsubmit Pool.send_many, 10,000 messages (1,000 --quick)",
+    "pool-100k": "smtpsubmit Pool.send_many, 100,000 messages (10,000 --quick)",
 }
 W2_LABELS = {
     "smtpsubmit": "smtpsubmit Client x 20 threads",
@@ -69,6 +88,8 @@ W2_LABELS = {
     "smtplib": "smtplib x 20 threads",
     "aiosmtplib": "aiosmtplib 20 clients",
     "smtp-source": "smtp-source -s 20 (C)",
+    "smtpsubmit-pool": "smtpsubmit Pool(max_connections=20).send_many",
+    "smtpsubmit-pool-async": "smtpsubmit AsyncPool(max_connections=20).send_many",
 }
 COMPOSE_LABELS = {"smtpsubmit": "smtpsubmit Message", "smtplib": "EmailMessage (policy=SMTP)"}
 # (workload, client, against, what, at least)
@@ -86,6 +107,14 @@ TARGETS = [
     ("W5b", "smtpsubmit", "smtplib", "ratio", 3.0),
     ("W1s", "smtpsubmit-many", "smtplib", "ratio", 3.0),
     ("W1s", "smtpsubmit-many", "smtp-source", "ratio", 2.0),
+    ("W8", "smtpsubmit-many", "smtplib", "ratio", 3.5),
+    ("W8c", "many-w100", "smtplib", "ratio", 20.0),
+    ("W8c", "many-w100", "smtp-source", "ratio", 5.0),
+    ("W2", "smtpsubmit-pool-async", "aiosmtplib", "ratio", 2.0),
+    ("W2", "smtpsubmit-pool-async", "smtplib", "ratio", 2.0),
+    ("W2", "smtpsubmit-pool", "smtplib", "ratio", 2.0),
+    # peak RSS of the first client minus that of the second, at most (MiB)
+    ("W7", "pool-100k", "pool-10k", "rss-growth", 10.0),
 ]
 
 
@@ -116,7 +145,7 @@ class Bench:
                     log(f"writing a {size / 1e6:g} MB attachment file")
                     write_random_file(path, size)
                 self.files[name] = path
-            if spec["kind"] == "send":
+            if spec["kind"] == "send" and "smtp-source" in CLIENTS[name]:
                 # smtp-source -F sends the file's lines with CRLF appended: the same bytes.
                 path = self.workdir / f"message-{name}.txt"
                 path.write_bytes(raw_message(0, int(spec["size"])).replace(b"\r\n", b"\n"))
@@ -129,13 +158,17 @@ class Bench:
 
     def run_python(self, client: str, name: str, port: int) -> dict[str, Any]:
         spec = self.specs[name]
-        cmd = [sys.executable, "-m", "bench.runner", client, name, "--port", str(port)]
-        for key in ("count", "size", "rcpts", "conns"):
+        runner_client, window = ALIASES.get(client, (client, None))
+        cmd = [sys.executable, "-m", "bench.runner", runner_client, name, "--port", str(port)]
+        cmd += ["--count", str(count_for(spec, client))]
+        for key in ("size", "rcpts", "conns"):
             if key in spec:
                 cmd += [f"--{key}", str(spec[key])]
+        if window is not None:
+            cmd += ["--window", str(window)]
         if spec["kind"] in ("attach", "compose-attach"):
             cmd += ["--file", str(self.files[name])]
-        if name == "W6":
+        if name in POSTFIX_WORKLOADS:
             cmd += ["--to", Postfix.ADDRESS]
         timeout = 900 if name == "W3-big" else 180
         proc = subprocess.run(
@@ -145,20 +178,23 @@ class Bench:
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
         record: dict[str, Any] = json.loads(lines[-1])
+        record["client"] = client
         return record
 
     def run_smtp_source(self, name: str, port: int) -> dict[str, Any]:
         """smtp-source, timed from spawn to exit; CPU from wait4, peak RSS from /proc."""
         spec = self.specs[name]
+        count = count_for(spec, "smtp-source")
+        to = Postfix.ADDRESS if name in POSTFIX_WORKLOADS else RECIPIENT
         cmd = [
             SMTP_SOURCE,
             "-d",  # keep the connection for the next message
             "-s", str(spec["conns"]),
-            "-m", str(spec["count"]),
+            "-m", str(count),
             "-r", str(spec["rcpts"]),
             "-F", str(self.files[name]),
             "-f", SENDER,
-            "-t", RECIPIENT,
+            "-t", to,
             "-M", LOCAL_HOSTNAME,
             f"127.0.0.1:{port}",
         ]  # fmt: skip
@@ -197,8 +233,8 @@ class Bench:
         return {
             "client": "smtp-source",
             "workload": name,
-            "messages": int(spec["count"]),
-            "octets": int(spec["count"]) * int(spec["size"]),
+            "messages": count,
+            "octets": count * int(spec["size"]),
             "seconds": seconds,
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "rss_base_kib": None,
@@ -209,20 +245,28 @@ class Bench:
     def run_one(self, rnd: int, name: str, client: str) -> None:
         spec = self.specs[name]
         server: Sink | Postfix | None = None
-        if spec["kind"] in ("send", "attach"):
-            server = self.postfix if name == "W6" else self.sink
+        if spec["kind"] in ("send", "attach", "stream"):
+            server = self.postfix if name in POSTFIX_WORKLOADS else self.sink
         before = 0
         if isinstance(server, Sink):
             before = server.messages()
         elif isinstance(server, Postfix):
             before = server.delivered()
+        proxy: DelayProxy | None = None
         try:
+            port = server.port if server else 0
+            if spec.get("delay"):  # the long link (W8): a fresh proxy per run, closed below
+                proxy = DelayProxy(port, one_way=float(spec["delay"]))
+                port = proxy.port
             if client == "smtp-source":
-                record = self.run_smtp_source(name, self.sink.port)  # type: ignore[union-attr]
+                record = self.run_smtp_source(name, port)
             else:
-                record = self.run_python(client, name, server.port if server else 0)
+                record = self.run_python(client, name, port)
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
             record = {"client": client, "workload": name, "error": str(exc)}
+        finally:
+            if proxy is not None:
+                proxy.close()
         record["round"] = rnd
         if "error" not in record and server is not None:
             expected = before + int(record["messages"])
@@ -250,18 +294,20 @@ class Bench:
     def run(self) -> None:
         self.prepare_inputs()
         needs_sink = any(
-            s["kind"] in ("send", "attach") and n != "W6" for n, s in self.specs.items()
+            s["kind"] in ("send", "attach", "stream") and n not in POSTFIX_WORKLOADS
+            for n, s in self.specs.items()
         )
         if needs_sink:
             self.sink = Sink(self.workdir)
             log(f"smtp-sink on port {self.sink.port}: {self.sink.command}")
-        if "W6" in self.specs:
+        if POSTFIX_WORKLOADS & set(self.specs):
             try:
                 self.postfix = Postfix()
                 log(f"Postfix: {self.postfix.command}")
             except Exception as exc:
-                self.skipped["W6"] = f"Postfix did not start: {exc}"[:500]
-                log(f"W6 skipped: {self.skipped['W6']}")
+                for name in POSTFIX_WORKLOADS & set(self.specs):
+                    self.skipped[name] = f"Postfix did not start: {exc}"[:500]
+                    log(f"{name} skipped: {self.skipped[name]}")
         for rnd in range(self.args.rounds):
             log(f"round {rnd + 1}/{self.args.rounds}")
             for name in self.specs:
@@ -282,6 +328,12 @@ class Bench:
 
 
 # -- numbers ------------------------------------------------------------------------------------
+
+
+def count_for(spec: dict[str, Any], client: str) -> int:
+    """The messages ``client`` sends in this workload (``counts`` overrides ``count``)."""
+    counts: dict[str, int] = spec.get("counts", {})
+    return int(counts.get(client, spec["count"]))
 
 
 def unit_of(spec: dict[str, Any]) -> str:
@@ -309,6 +361,13 @@ def ratio(runs: list[dict[str, Any]], name: str, client: str, against: str) -> f
     mine, theirs = _by_round(runs, name, client), _by_round(runs, name, against)
     ratios = [mine[r]["throughput"] / theirs[r]["throughput"] for r in mine if r in theirs]
     return statistics.median(ratios) if ratios else None
+
+
+def rss_growth(rows: list[dict[str, Any]], name: str, client: str, against: str) -> float | None:
+    peaks = {r["client"]: r["peak_rss_mib"] for r in rows if r["workload"] == name}
+    if peaks.get(client) is None or peaks.get(against) is None:
+        return None
+    return float(peaks[client] - peaks[against])
 
 
 def summarize(bench: Bench) -> list[dict[str, Any]]:
@@ -346,11 +405,17 @@ def check_targets(bench: Bench, rows: list[dict[str, Any]]) -> list[dict[str, An
         if what == "ratio":
             value = ratio(bench.runs, name, client, against)
             text = f"{name}: {label(name, client)} >= {goal:g}x {label(name, against)}"
+        elif what == "rss-growth":
+            value = rss_growth(rows, name, client, against)
+            text = f"{name}: peak RSS, {label(name, client)} minus {label(name, against)}"
+            text += f" < {goal:g} MiB"
         else:
             row = next((r for r in rows if r["workload"] == name and r["client"] == client), None)
             value = row["peak_rss_mib"] if row else None
             text = f"{name}: {label(name, client)} peak RSS <= {goal:g} MiB"
         met = None if value is None else (value >= goal if what == "ratio" else value <= goal)
+        if what == "rss-growth" and value is not None:
+            met = value < goal
         out.append({"target": text, "value": value, "goal": goal, "what": what, "met": met})
     return out
 
@@ -388,8 +453,9 @@ def markdown(bench: Bench, meta: dict[str, Any], rows: list[dict[str, Any]], tar
         "Throughput is the median over rounds; *vs smtplib* is the median of the ratios "
         "measured in the same round; CPU is the client process's user+system time for "
         "the timed part (whole process for smtp-source); peak RSS is the client process's "
-        "VmHWM (largest over rounds). The server is smtp-sink (W1-W4) or a private Postfix "
-        "smtpd (W6); W5 has no network.",
+        "VmHWM (largest over rounds). The server is smtp-sink (W1-W4, W1s, W7, W8) or a "
+        "private Postfix smtpd (W6, W8c); W8/W8c go through a delay proxy (10 ms each "
+        "way); W5 has no network.",
         "",
         "| Workload | Client | Throughput | min-max | vs smtplib | CPU s | Peak RSS MiB |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -414,6 +480,9 @@ def markdown(bench: Bench, meta: dict[str, Any], rows: list[dict[str, Any]], tar
         elif t["what"] == "ratio":
             measured = f"{t['value']:.2f}x"
             met = "yes" if t["met"] else f"**no** ({t['value'] / t['goal']:.0%} of the target)"
+        elif t["what"] == "rss-growth":
+            measured = f"{t['value']:+.1f} MiB"
+            met = "yes" if t["met"] else f"**no** ({t['value'] - t['goal']:.1f} MiB over)"
         else:
             measured = f"{t['value']:.1f} MiB"
             met = "yes" if t["met"] else "**no**"
@@ -513,7 +582,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller workloads, a smoke run")
     parser.add_argument("--big", action="store_true", help="also W3 with a 500 MB attachment")
     parser.add_argument(
-        "--only", help="comma-separated workloads to run (W1,W2,W3,W3-big,W4,W5a,W5b,W6,W1s)"
+        "--only",
+        help="comma-separated workloads to run (W1,W2,W3,W3-big,W4,W5a,W5b,W6,W1s,W8,W8c,W7)",
     )
     parser.add_argument("--clients", help="comma-separated clients to run (default: all)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no files")

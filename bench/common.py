@@ -131,6 +131,11 @@ def cpu_seconds() -> float:
 # kind "send":    ``count`` messages of ``size`` octets, ``rcpts`` recipients each, spread
 #                 over ``conns`` connections (one connection = strictly sequential).
 # kind "attach":  one message with a ``file_size`` attachment, composed from a file and sent.
+# kind "stream":  as "send", but the runner makes the messages lazily (a generator) and
+#                 hands them to one ``Pool.send_many`` (W7: memory must not grow with count).
+# "counts":       per-client message counts where one count does not fit every client
+#                 (W8: over a slow link smtplib manages ~10 msg/s); ratios are per message.
+# "delay":        the one-way delay of a ``bench.delay.DelayProxy`` put in front of the server.
 # kind "compose": ``count`` text+HTML messages composed to bytes (no network).
 # kind "compose-attach": ``count`` messages with a ``file_size`` attachment, to bytes.
 
@@ -144,6 +149,38 @@ WORKLOADS: dict[str, dict[str, object]] = {
     "W5b": {"kind": "compose-attach", "count": 200, "file_size": 1_000_000},
     "W6": {"kind": "send", "count": 200, "size": 100_000, "rcpts": 1, "conns": 1},
     "W1s": {"kind": "send", "count": 20_000, "size": 2048, "rcpts": 1, "conns": 1},
+    "W8": {
+        "kind": "send",
+        "count": 200,
+        "size": 2048,
+        "rcpts": 1,
+        "conns": 1,
+        "delay": 0.010,
+        "counts": {"smtplib": 100, "smtp-source": 100, "smtpsubmit": 200, "smtpsubmit-many": 400},
+    },
+    "W8c": {
+        "kind": "send",
+        "count": 200,
+        "size": 2048,
+        "rcpts": 1,
+        "conns": 1,
+        "delay": 0.010,
+        "counts": {
+            "smtplib": 100,
+            "smtp-source": 100,
+            "many-w1": 200,
+            "many-w10": 1000,
+            "many-w100": 2000,
+        },
+    },
+    "W7": {
+        "kind": "stream",
+        "count": 100_000,
+        "size": 2048,
+        "rcpts": 1,
+        "conns": 4,
+        "counts": {"pool-10k": 10_000, "pool-100k": 100_000},
+    },
 }
 
 # --quick: the same shapes, smaller.
@@ -156,6 +193,7 @@ QUICK: dict[str, dict[str, object]] = {
     "W5b": {"count": 20},
     "W6": {"count": 30},
     "W1s": {"count": 5000},
+    "W7": {"counts": {"pool-10k": 1000, "pool-100k": 10_000}},
 }
 
 DESCRIPTIONS = {
@@ -168,6 +206,9 @@ DESCRIPTIONS = {
     "W5b": "compose 200 messages with a 1 MB attachment to bytes",
     "W6": "200 x 100 KB to real Postfix smtpd (BDAT vs DATA)",
     "W1s": "W1 as a stream: 20,000 x 2 KB, one connection (send_many)",
+    "W8": "W1s over a 20 ms round trip (delay proxy) to smtp-sink: a DATA stream",
+    "W8c": "W1s over a 20 ms round trip to Postfix with CHUNKING: BDAT, window 1/10/100",
+    "W7": "10,000 vs 100,000 x 2 KB through Pool.send_many (4 connections), lazy input",
 }
 
 

@@ -8,8 +8,12 @@ and are the same for every client.
 Clients: ``smtpsubmit`` (sync Client), ``smtpsubmit-async`` (AsyncClient),
 ``smtpsubmit-nochunking`` (sync, ``disable_extensions={"CHUNKING"}``),
 ``smtpsubmit-many`` / ``smtpsubmit-many-async`` (the whole share in one ``send_many``),
+``smtpsubmit-pool`` / ``smtpsubmit-pool-async`` (every message in one
+``Pool.send_many`` / ``AsyncPool.send_many`` with ``--conns`` connections),
 ``smtplib`` (with ``email.message.EmailMessage`` where a message is composed)
-and ``aiosmtplib``.
+and ``aiosmtplib``. ``--window`` sets ``send_many``'s window (CHUNKING).
+Kind ``stream`` (W7) makes its messages lazily, in a generator, so the input
+itself costs no memory.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,8 @@ CLIENTS = (
     "smtpsubmit-nochunking",
     "smtpsubmit-many",
     "smtpsubmit-many-async",
+    "smtpsubmit-pool",
+    "smtpsubmit-pool-async",
     "smtplib",
     "aiosmtplib",
 )
@@ -128,27 +134,31 @@ def send_smtpsubmit_async(port: int, shares: list[list[bytes]], rcpts: list[str]
     return asyncio.run(main())
 
 
+def _check(results: list[Any]) -> int:
+    from smtpsubmit import SubmitResult
+
+    bad = [r for r in results if not isinstance(r, SubmitResult)]
+    if bad:
+        raise RuntimeError(f"{len(bad)} messages failed, first: {bad[0]!r}")
+    return len(results)
+
+
 def send_smtpsubmit_many(
-    port: int, shares: list[list[bytes]], rcpts: list[str], client: str
+    port: int, shares: list[list[bytes]], rcpts: list[str], client: str, window: int | None
 ) -> int:
     """The whole share in one ``send_many`` call per connection (the stream)."""
-    from smtpsubmit import AsyncClient, Client, SubmitResult
+    from smtpsubmit import AsyncClient, Client
 
     server = _smtpsubmit_server(port)
-
-    def check(results: list[Any]) -> int:
-        bad = [r for r in results if not isinstance(r, SubmitResult)]
-        if bad:
-            raise RuntimeError(f"{len(bad)} messages failed, first: {bad[0]!r}")
-        return len(results)
+    kw: dict[str, int] = {} if window is None else {"window": window}
 
     def work(messages: list[bytes]) -> int:
         with Client(server) as c:
-            return check(c.send_many([(m, SENDER, rcpts) for m in messages]))
+            return _check(c.send_many([(m, SENDER, rcpts) for m in messages], **kw))
 
     async def awork(messages: list[bytes]) -> int:
         async with AsyncClient(server) as c:
-            return check(await c.send_many([(m, SENDER, rcpts) for m in messages]))
+            return _check(await c.send_many([(m, SENDER, rcpts) for m in messages], **kw))
 
     if client == "smtpsubmit-many":
         return _threads(work, shares)
@@ -157,6 +167,32 @@ def send_smtpsubmit_many(
         return sum(await asyncio.gather(*(awork(s) for s in shares)))
 
     return asyncio.run(main())
+
+
+def send_pool(
+    port: int, items: Iterable[tuple[bytes, str, list[str]]], conns: int, client: str
+) -> int:
+    """Every message in one ``Pool.send_many`` / ``AsyncPool.send_many`` over ``conns``."""
+    from smtpsubmit import AsyncPool, Pool
+
+    server = _smtpsubmit_server(port)
+    if client == "smtpsubmit-pool":
+        with Pool(server, max_connections=conns) as pool:
+            return _check(pool.send_many(items))
+
+    async def main() -> int:
+        async with AsyncPool(server, max_connections=conns) as pool:
+            return _check(await pool.send_many(items))
+
+    return asyncio.run(main())
+
+
+def lazy_items(
+    count: int, size: int, rcpts: list[str], to: str
+) -> Iterator[tuple[bytes, str, list[str]]]:
+    """W7's input: each message made when the pool asks for it, so the input costs no memory."""
+    for i in range(count):
+        yield raw_message(i, size, to), SENDER, rcpts
 
 
 def send_smtplib(port: int, shares: list[list[bytes]], rcpts: list[str]) -> int:
@@ -314,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int)
     parser.add_argument("--rcpts", type=int)
     parser.add_argument("--conns", type=int)
+    parser.add_argument("--window", type=int, help="send_many's window (CHUNKING)")
     parser.add_argument("--file", type=Path, help="the attachment (W3, W5b)")
     parser.add_argument("--to", default=RECIPIENT, help="the (first) envelope recipient")
     args = parser.parse_args(argv)
@@ -333,23 +370,32 @@ def main(argv: list[str] | None = None) -> int:
     elif args.client == "aiosmtplib":
         import aiosmtplib  # noqa: F401
     shares: list[list[bytes]] = []
+    messages: list[bytes] = []
     rcpts: list[str] = []
     bodies: Bodies = []
     if kind == "compose":
         bodies = make_bodies(int(spec["count"]))  # type: ignore[call-overload]
-    if kind == "send":
+    if kind in ("send", "stream"):
         count, size = int(spec["count"]), int(spec["size"])  # type: ignore[call-overload]
+        rcpts = recipients(int(spec["rcpts"]), args.to)  # type: ignore[call-overload]
+    if kind == "send":
         messages = [raw_message(i, size, args.to) for i in range(count)]
         shares = _split(messages, int(spec["conns"]))  # type: ignore[call-overload]
-        rcpts = recipients(int(spec["rcpts"]), args.to)  # type: ignore[call-overload]
     rss_base = status_kib("VmRSS")
 
     cpu0, t0 = cpu_seconds(), time.perf_counter()
-    if kind == "send":
-        if args.client == "smtpsubmit-async":
+    if kind == "stream":
+        conns = int(spec["conns"])  # type: ignore[call-overload]
+        done = send_pool(args.port, lazy_items(count, size, rcpts, args.to), conns, args.client)
+        octets = count * size
+    elif kind == "send":
+        if args.client.startswith("smtpsubmit-pool"):
+            items = [(m, SENDER, rcpts) for m in messages]  # input order; the pool spreads them
+            done = send_pool(args.port, items, len(shares), args.client)
+        elif args.client == "smtpsubmit-async":
             done = send_smtpsubmit_async(args.port, shares, rcpts)
         elif args.client.startswith("smtpsubmit-many"):
-            done = send_smtpsubmit_many(args.port, shares, rcpts, args.client)
+            done = send_smtpsubmit_many(args.port, shares, rcpts, args.client, args.window)
         elif args.client.startswith("smtpsubmit"):
             done = send_smtpsubmit(args.port, shares, rcpts, args.client)
         elif args.client == "smtplib":
