@@ -341,3 +341,26 @@ def _from_command(command: str, what: str, error: type[UsageError] | type[Config
     if not lines or not lines[0]:
         raise error(f"{what}: the command printed no password")
     return lines[0]
+
+
+def server_for_account(name: str, config_path: str | None = None) -> Server:
+    """The Server of ``[accounts.NAME]`` (``"default"``: the default account)."""
+    config = load_config(config_path)
+    if name == "default" and "default" not in config.accounts:
+        account = config.account(None)  # the default account, if the file names one
+    else:
+        account = config.account(name)  # an unknown name is a ConfigError
+    if account is None:
+        raise ConfigError("no default account in the account file")
+    return build_server(argparse.Namespace(), account)
+
+
+def routes_from_accounts(config_path: str | None) -> dict[str, Server]:
+    config = load_config(config_path)
+    routes: dict[str, Server] = {}
+    blank = argparse.Namespace()
+    for name, account in config.accounts.items():
+        routes[name] = build_server(blank, account)
+    if config.default is not None:
+        routes.setdefault("default", routes[config.default])
+    return routes

@@ -14,10 +14,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from smtpsubmit.cli.config import load_config
 from smtpsubmit.cli.errors import EX_OK, EX_TEMPFAIL, CliError, ConfigError, UsageError
-from smtpsubmit.cli.options import build_server
-from smtpsubmit.server import Server
+from smtpsubmit.cli.options import routes_from_accounts
 
 DESCRIPTION = """\
 Claim queued messages from the outbox and deliver them, recording each
@@ -83,29 +81,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", metavar="PATH", help="account file (the routes)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on failure")
     parser.set_defaults(run=run)
-
-
-def server_for_account(name: str, config_path: str | None = None) -> Server:
-    """The Server of ``[accounts.NAME]`` (``"default"``: the default account)."""
-    config = load_config(config_path)
-    if name == "default" and "default" not in config.accounts:
-        account = config.account(None)  # the default account, if the file names one
-    else:
-        account = config.account(name)  # an unknown name is a ConfigError
-    if account is None:
-        raise ConfigError("no default account in the account file")
-    return build_server(argparse.Namespace(), account)
-
-
-def routes_from_accounts(config_path: str | None) -> dict[str, Server]:
-    config = load_config(config_path)
-    routes: dict[str, Server] = {}
-    blank = argparse.Namespace()
-    for name, account in config.accounts.items():
-        routes[name] = build_server(blank, account)
-    if config.default is not None:
-        routes.setdefault("default", routes[config.default])
-    return routes
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ so no password ever reaches the database.
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import logging
 import random as _random
 import re
@@ -29,6 +28,7 @@ from smtpsubmit.envelope import check_envelope_address
 from smtpsubmit.errors import MessageError, RecipientsRefused
 from smtpsubmit.message import Message
 from smtpsubmit.outbox.retry import Decision, Outcome, RetryPolicy, classify
+from smtpsubmit.outbox.state import checksum
 from smtpsubmit.outbox.store import (
     Claimed,
     NewMessage,
@@ -64,10 +64,6 @@ def open_store(url: str | None) -> Store:
     raise StoreError(
         f"unknown outbox URL scheme {scheme or url!r}: use sqlite:///PATH or postgresql://…"
     )
-
-
-def checksum(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
 
 
 class Outbox:
@@ -150,7 +146,7 @@ class Outbox:
         (written in its transaction); without one the write runs in a thread."""
         import asyncio
 
-        from smtpsubmit.outbox.aio import ainsert
+        from smtpsubmit.outbox.ainsert import ainsert
 
         item = self.prepare(
             message,
@@ -342,30 +338,6 @@ class Outbox:
         return RecipientUpdate(r.position, state, None, code, text, is_unknown)
 
 
-def summarize(
-    recipients: Sequence[Recipient], updates: Sequence[RecipientUpdate], now: float
-) -> tuple[str, float]:
-    """A message's state (and when it is next due) from its recipients' states."""
-    changed = {u.position: (u.state, u.retry_at) for u in updates}
-    waiting: list[float] = []
-    finals: set[str] = set()
-    for r in recipients:
-        state, retry_at = changed.get(r.position, (r.state, r.retry_at))
-        if state in {"queued", "sending"}:
-            waiting.append(now)
-        elif state in ("deferred", "unknown") and retry_at is not None:
-            waiting.append(retry_at)
-        else:
-            finals.add(state)
-    if waiting:
-        due = min(waiting)
-        return ("queued" if due <= now else "deferred"), due
-    for state in ("unknown", "bounced", "cancelled"):
-        if state in finals:
-            return state, now
-    return "sent", now
-
-
 def _resolve_routes(
     routes: Mapping[str, Server | str] | None, config: str | None
 ) -> dict[str, Server] | None:
@@ -375,7 +347,7 @@ def _resolve_routes(
     for name, server in routes.items():
         if isinstance(server, str):
             from smtpsubmit.cli.errors import CliError
-            from smtpsubmit.cli.worker import server_for_account
+            from smtpsubmit.cli.options import server_for_account
 
             try:
                 server = server_for_account(server, config)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from smtpsubmit.client import Client
 from smtpsubmit.errors import MessageError, ServerDisconnected, SmtpError
-from smtpsubmit.outbox.outbox import checksum, summarize
+from smtpsubmit.outbox.state import checksum, summarize
 from smtpsubmit.outbox.store import Begin, Claimed, Finish, RecipientUpdate, StoreError
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
