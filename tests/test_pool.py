@@ -575,3 +575,24 @@ def test_pools_are_transports(counted: tuple[Server, Counting]) -> None:
     apool: AsyncTransport = AsyncPool(server)
     assert isinstance(pool, Transport)
     assert isinstance(apool, AsyncTransport)
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["pipelining", "chunking"])
+def test_pooled_batch_is_one_streamed_write_per_message(
+    pools: Pools, fake_smtp: Callable[..., FakeSMTP], chunking: bool
+) -> None:
+    """A pooled send_many streams each connection's batch through Client.send_many: with
+    PIPELINING a message's data, its dot and the next envelope share one write (a send per
+    message needs two: the envelope, then the data after the 354); with CHUNKING too."""
+    caps = ("PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME") + (("CHUNKING",) if chunking else ())
+    fake = fake_smtp(Responder(capabilities=caps))
+    messages = make_messages(12)
+    [results] = pools.run(
+        fake_server(fake), [("send_many", messages)], max_connections=1, rate_limit=None
+    )
+    assert all(isinstance(r, SubmitResult) for r in results), results
+    assert data_ids(fake) == [r.message_id.encode() for r in results]
+    fake.join()
+    assert fake.connections == 1
+    # EHLO, then one write per message (the last dot alone), then QUIT.
+    assert fake.reads[0] <= len(messages) + 3, fake.reads[0]

@@ -27,11 +27,15 @@ from smtpsubmit.pool._core import (
     PoolConfig,
     Slots,
     describe,
+    hand_over,
     keep,
+    left_unclean,
     normalise,
     pool_timeout,
     retire_after,
+    session_alive,
     settle,
+    streamable,
 )
 from smtpsubmit.ratelimit import RateLimit, is_rate_refusal
 from smtpsubmit.result import SubmitResult
@@ -168,25 +172,44 @@ class AsyncPool:
             settle(jobs, batch, outcomes, self._limit, self.config.rate_retries)
 
     async def _send_batch(self, conn: Conn[AsyncClient], batch: list[Job]) -> list[Outcome | None]:
-        """Send ``batch`` on ``conn`` (the one place that talks to the client)."""
+        """Send ``batch`` on ``conn`` (the one place that talks to the client).
+
+        As :meth:`Pool._send_batch`: runs of messages stream through one
+        ``AsyncClient.send_many``, each message after its own rate token.
+        """
         client = conn.client
-        outcomes: list[Outcome | None] = []
-        recipients_limited = self._limit.recipients is not None
-        for job in batch:
-            if conn.retire or not client.is_connected:
-                outcomes.append(None)
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        done = 0
+        while done < len(batch) and not conn.retire and client.is_connected:
+            job = batch[done]
+            job.granted_at = await self._limit.aacquire(self._cost(job))
+            if streamable(job.item) is None or done == len(batch) - 1:
+                outcomes[done] = await self._send_one(conn, job)
+                done += 1
                 continue
-            job.granted_at = await self._limit.aacquire(
-                job.item.recipient_count() if recipients_limited else 1
-            )
-            conn.sent += 1
-            conn.fresh = False
-            try:
-                outcomes.append(await client.send(job.item.message, **job.item.options))
-            except (SmtpError, MessageError) as exc:
-                retire_after(conn, exc)
-                outcomes.append(exc)
+            feed = hand_over(conn, batch[done:], self._limit, lambda: session_alive(client))
+            for outcome in await client.send_many(feed):
+                retire_after(conn, outcome)
+                outcomes[done] = outcome
+                done += 1
+            if left_unclean(client):
+                try:
+                    await client.reset()
+                except SmtpError:
+                    conn.retire = True
         return outcomes
+
+    async def _send_one(self, conn: Conn[AsyncClient], job: Job) -> Outcome:
+        conn.sent += 1
+        conn.fresh = False
+        try:
+            return await conn.client.send(job.item.message, **job.item.options)
+        except (SmtpError, MessageError) as exc:
+            retire_after(conn, exc)
+            return exc
+
+    def _cost(self, job: Job) -> int:
+        return job.item.recipient_count() if self._limit.recipients is not None else 1
 
     # -- connections --------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -35,12 +35,23 @@ from smtpsubmit.ratelimit import RateLimit, is_rate_refusal
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Server
 
-__all__ = ["Conn", "Item", "Jobs", "Outcome", "PoolConfig", "Slots", "normalise"]
+__all__ = [
+    "Conn",
+    "Item",
+    "Jobs",
+    "Outcome",
+    "PoolConfig",
+    "Slots",
+    "hand_over",
+    "left_unclean",
+    "normalise",
+    "streamable",
+]
 
 C = TypeVar("C")
 Outcome = SubmitResult | SmtpError | MessageError
 
-BATCH = 32  # jobs one connection takes at a time (a future send_many stream's length)
+BATCH = 32  # jobs one connection takes at a time (at most one send_many stream's length)
 _BEFORE_DATA = frozenset({"connect", "greeting", "ehlo", "starttls", "auth", "mail", "rcpt"})
 
 
@@ -347,7 +358,58 @@ def settle(
             jobs.finish(job, outcome)
 
 
-def retire_after(conn: Conn[Any], error: BaseException) -> None:
+def streamable(item: Item) -> object | None:
+    """What ``Client.send_many`` takes for ``item``, or None: it needs a single ``send``
+    (envelope options such as ``dsn=`` or an overridden envelope of a ``Message``)."""
+    if not item.options:
+        return item.message if isinstance(item.message, Message) else None
+    if set(item.options) == {"sender", "recipients"} and not isinstance(item.message, Message):
+        return (item.message, item.options["sender"], item.options["recipients"])
+    return None
+
+
+def hand_over(
+    conn: Conn[Any], batch: list[Job], limit: RateLimit, alive: Callable[[], bool]
+) -> Iterator[object]:
+    """Feed ``batch`` to one ``send_many`` stream, lazily, one rate token per message.
+
+    The first job's token is already granted (the driver waited for it); every
+    later one is taken only if the limit grants it *now*, so the stream never
+    sleeps while a message's final dot waits to ride with the next envelope.
+    The feed stops at the first job that would have to wait, that needs a
+    single send, or once the connection is lost (the stream then drains its
+    input, and a drained job would lose a token and a retry for nothing).
+    """
+    recipients_limited = limit.recipients is not None
+    for n, job in enumerate(batch):
+        item = streamable(job.item)
+        if item is None:
+            return
+        if n:
+            if not alive() or conn.retire:
+                return
+            if limit.reserve(job.item.recipient_count() if recipients_limited else 1) > 0:
+                return
+            job.granted_at = limit.now()
+        conn.sent += 1
+        conn.fresh = False
+        yield item
+
+
+def session_alive(client: Any) -> bool:
+    """Whether the client's session can take another message (read inside a stream)."""
+    session = getattr(client, "_session", None)
+    return session is not None and not session.closed
+
+
+def left_unclean(client: Any) -> bool:
+    """A stream whose last transaction was refused leaves the server holding state; the
+    pool sends the ``RSET`` itself before the connection goes back (the clean-return rule)."""
+    session = getattr(client, "_session", None)
+    return session is not None and not session.closed and bool(session.needs_reset)
+
+
+def retire_after(conn: Conn[Any], error: object) -> None:
     """A 421 (or any reply that closed the session) retires the connection."""
     reply = getattr(error, "reply", None)
     if reply is not None and reply.code == 421:

@@ -28,11 +28,15 @@ from smtpsubmit.pool._core import (
     PoolConfig,
     Slots,
     describe,
+    hand_over,
     keep,
+    left_unclean,
     normalise,
     pool_timeout,
     retire_after,
+    session_alive,
     settle,
+    streamable,
 )
 from smtpsubmit.ratelimit import RateLimit, is_rate_refusal
 from smtpsubmit.result import SubmitResult
@@ -204,27 +208,44 @@ class Pool:
     def _send_batch(self, conn: Conn[Client], batch: list[Job]) -> list[Outcome | None]:
         """Send ``batch`` on ``conn``: an outcome per job, ``None`` for one never tried.
 
-        Today one ``Client.send`` per message; a streamed ``send_many`` of the
-        client slots in here and nowhere else.
+        Runs of messages go through one ``Client.send_many`` stream (pipelined:
+        one write per message, or none to wait for with CHUNKING); a message
+        with envelope options the stream does not take goes alone (as does the last one) through
+        ``Client.send``. Every message waits for its own rate token first.
         """
         client = conn.client
-        outcomes: list[Outcome | None] = []
-        recipients_limited = self._limit.recipients is not None
-        for job in batch:
-            if conn.retire or not client.is_connected:
-                outcomes.append(None)
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        done = 0
+        while done < len(batch) and not conn.retire and client.is_connected:
+            job = batch[done]
+            job.granted_at = self._limit.acquire(self._cost(job))
+            if streamable(job.item) is None or done == len(batch) - 1:
+                outcomes[done] = self._send_one(conn, job)
+                done += 1
                 continue
-            job.granted_at = self._limit.acquire(
-                job.item.recipient_count() if recipients_limited else 1
-            )
-            conn.sent += 1
-            conn.fresh = False
-            try:
-                outcomes.append(client.send(job.item.message, **job.item.options))
-            except (SmtpError, MessageError) as exc:
-                retire_after(conn, exc)
-                outcomes.append(exc)
+            feed = hand_over(conn, batch[done:], self._limit, lambda: session_alive(client))
+            for outcome in client.send_many(feed):
+                retire_after(conn, outcome)
+                outcomes[done] = outcome
+                done += 1
+            if left_unclean(client):
+                try:
+                    client.reset()
+                except SmtpError:
+                    conn.retire = True
         return outcomes
+
+    def _send_one(self, conn: Conn[Client], job: Job) -> Outcome:
+        conn.sent += 1
+        conn.fresh = False
+        try:
+            return conn.client.send(job.item.message, **job.item.options)
+        except (SmtpError, MessageError) as exc:
+            retire_after(conn, exc)
+            return exc
+
+    def _cost(self, job: Job) -> int:
+        return job.item.recipient_count() if self._limit.recipients is not None else 1
 
     # -- connections --------------------------------------------------------------------
 
