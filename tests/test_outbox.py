@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from smtpsubmit import MessageError, Option, Server
+from smtpsubmit import MessageError, Option, RateLimit, Server
 from smtpsubmit.outbox import Outbox, RetryPolicy
 from smtpsubmit.outbox.store import Begin
 from tests.outbox_helpers import Clock, ScriptedHandler, message, route, serve, subjects
@@ -418,3 +418,37 @@ def test_a_second_lost_answer_is_held(
     assert shown["recipients"][0]["attempts"] == 2
     outbox.run(stop_when_idle=True)
     assert len(smtp.messages) == 2  # held: never sent a third time on its own
+
+
+def test_a_routes_rate_limit_bounds_the_workers_send_rate(
+    outbox_url: str, smtp: AiosmtpdServer, clock: Clock
+) -> None:
+    """Workers send through the route's Pool and its RateLimit: 6 messages at 2 per 0.4 s
+    take at least two more windows however many threads send them."""
+    box = Outbox(
+        outbox_url,
+        routes={"default": route(smtp)},
+        rate_limits={"default": RateLimit(2, 0.4)},
+        policy=RetryPolicy(jitter=0),
+        clock=clock,
+    )
+    try:
+        for n in range(6):
+            box.enqueue(message(n))
+        started = time.monotonic()
+        box.run(concurrency=3, stop_when_idle=True)
+        elapsed = time.monotonic() - started
+        assert len(smtp.messages) == 6
+        assert box.stats()["states"]["sent"] == 6
+        assert elapsed >= 0.75, elapsed
+    finally:
+        box.close()
+
+
+def test_a_rate_limit_must_name_a_route(tmp_path: Path, smtp: AiosmtpdServer) -> None:
+    with pytest.raises(ValueError, match="not a route"):
+        Outbox(
+            f"sqlite:///{tmp_path}/o.db",
+            routes={"default": route(smtp)},
+            rate_limits={"bulk": RateLimit(1, 1.0)},
+        )

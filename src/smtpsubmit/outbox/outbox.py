@@ -37,6 +37,7 @@ from smtpsubmit.outbox.store import (
     Store,
     StoreError,
 )
+from smtpsubmit.ratelimit import RateLimit
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Server
@@ -71,6 +72,8 @@ class Outbox:
 
     A route is a :class:`~smtpsubmit.Server` or the name of an account of the
     account file (``config``, else the default path; needs the ``cli`` extra).
+    Workers send through one :class:`~smtpsubmit.Pool` per route;
+    ``rate_limits`` maps a route name to the ``RateLimit`` of that pool.
     ``clock`` (wall-clock seconds) and ``random`` (the jitter draw) are
     injectable so tests can drive expiry and backoff without waiting.
     """
@@ -80,6 +83,7 @@ class Outbox:
         url: str | None = None,
         *,
         routes: Mapping[str, Server | str] | None = None,
+        rate_limits: Mapping[str, RateLimit] | None = None,
         policy: RetryPolicy | None = None,
         lease: float = 60.0,
         config: str | None = None,
@@ -91,6 +95,7 @@ class Outbox:
             raise ValueError("lease must be a positive number of seconds")
         self.url = url
         self.routes = _resolve_routes(routes, config)
+        self.rate_limits = _check_rate_limits(rate_limits, self.routes)
         self.policy = policy or RetryPolicy()
         self.lease = float(lease)
         self.clock = clock
@@ -336,6 +341,19 @@ class Outbox:
         if decision.reason == "expired":
             text = f"expired after {age:.0f} s: {text}"
         return RecipientUpdate(r.position, state, None, code, text, is_unknown)
+
+
+def _check_rate_limits(
+    limits: Mapping[str, RateLimit] | None, routes: dict[str, Server] | None
+) -> dict[str, RateLimit]:
+    """Route name -> its limit; kept in the process like the servers, never in the database."""
+    checked = dict(limits or {})
+    for name, limit in checked.items():
+        if not isinstance(limit, RateLimit):
+            raise TypeError(f"rate limit of route {name!r} must be a RateLimit")
+        if routes is not None and name not in routes:
+            raise ValueError(f"rate limit for {name!r}, which is not a route of this outbox")
+    return checked
 
 
 def _resolve_routes(

@@ -1,7 +1,7 @@
 """The outbox worker: claim, send, record — with the record always ahead of the wire.
 
 For each claimed message a worker thread (1) commits ``sending`` for the
-recipients it is about to send, (2) sends through the route's sender, (3)
+recipients it is about to send, (2) sends through the route's pool, (3)
 commits each recipient's outcome right after the reply. A crash between (1)
 and (3) leaves ``sending``; when the lease runs out another worker turns it
 into ``unknown`` and the retry policy decides (by default: one byte-identical
@@ -27,13 +27,13 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from smtpsubmit.client import Client
-from smtpsubmit.errors import MessageError, ServerDisconnected, SmtpError
+from smtpsubmit.errors import MessageError, SmtpError
 from smtpsubmit.outbox.state import checksum, summarize
 from smtpsubmit.outbox.store import Begin, Claimed, Finish, RecipientUpdate, StoreError
+from smtpsubmit.pool import Pool
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
 
@@ -67,42 +67,38 @@ class _KillHook:
 _hook = _KillHook(os.environ.get("SMTPSUBMIT_TEST_KILL_AT"))
 
 
-class _RouteSender:
-    """One connection to one route's server, opened on demand and reopened when lost.
+class _Routes:
+    """One :class:`~smtpsubmit.Pool` per route for the whole worker, shared by its threads.
 
-    ``send(raw, sender=, recipients=)`` has the shape of ``Pool.send``.
+    ``max_connections`` is the worker's concurrency, so a thread never waits for a
+    connection; the route's ``RateLimit`` (``Outbox(rate_limits=...)``) is the pool's.
+    The pool does not retry rate refusals itself (``rate_retries=0``): the retry
+    policy owns retries, and a thread must not sleep under a lease it already used.
     """
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.client: Client | None = None
+    def __init__(self, outbox: Outbox, concurrency: int) -> None:
+        self.outbox = outbox
+        self.concurrency = concurrency
+        self.pools: dict[str, Pool] = {}
+        self.lock = threading.Lock()
 
-    def send(
-        self, raw: bytes, *, sender: str, recipients: Sequence[str], progress: Any = None
-    ) -> SubmitResult:
-        reused = self.client is not None and self.client.is_connected
-        try:
-            return self._send(raw, sender, recipients, progress)
-        except ServerDisconnected:
-            # Only a connection that idled may have been closed under us; nothing of the
-            # message reached the server (else it would be DeliveryStatusUnknown): once more.
-            if not reused:
-                raise
-            self.close()
-            return self._send(raw, sender, recipients, progress)
-
-    def _send(
-        self, raw: bytes, sender: str, recipients: Sequence[str], progress: Any
-    ) -> SubmitResult:
-        if self.client is None or not self.client.is_connected:
-            self.client = Client(self.server)
-            self.client.connect()
-        return self.client.send(raw, sender=sender, recipients=recipients, progress=progress)
+    def pool(self, route: str, server: Server) -> Pool:
+        with self.lock:
+            pool = self.pools.get(route)
+            if pool is None:
+                pool = self.pools[route] = Pool(
+                    server,
+                    max_connections=self.concurrency,
+                    rate_limit=self.outbox.rate_limits.get(route),
+                    rate_retries=0,
+                )
+            return pool
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        with self.lock:
+            pools, self.pools = list(self.pools.values()), {}
+        for pool in pools:
+            pool.close()
 
 
 def _mid_data(progress: Progress) -> None:
@@ -123,6 +119,7 @@ class Worker:
         self.stopping = threading.Event()
         self.sent = 0
         self._count_lock = threading.Lock()
+        self._routes = _Routes(outbox, concurrency)
 
     def stop(self) -> None:
         """Stop claiming; messages in flight finish."""
@@ -139,9 +136,12 @@ class Worker:
             ]
             for thread in threads:
                 thread.start()
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)  # short joins keep the main thread responsive to signals
+            try:
+                for thread in threads:
+                    while thread.is_alive():
+                        thread.join(0.2)  # short joins keep the main thread responsive to signals
+            finally:
+                self._routes.close()
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -159,34 +159,29 @@ class Worker:
                 signal.signal(sig, handler)
 
     def _loop(self, stop_when_idle: bool) -> None:
-        senders: dict[str, _RouteSender] = {}
-        try:
-            while not self.stopping.is_set():
-                try:
-                    if not self._step(senders):
-                        if stop_when_idle:
-                            return
-                        self._idle()
-                except StoreError as exc:
-                    # The database is away: keep trying; leases protect what was claimed.
-                    log.warning("outbox: database error, retrying: %s", exc)
-                    self.stopping.wait(IDLE_POLL)
-                except Exception:
-                    # A bug must not silently end this thread: what it held is protected by
-                    # its lease and will be taken over; this thread carries on.
-                    log.exception("outbox: unexpected error in the worker, carrying on")
-                    self.stopping.wait(IDLE_POLL)
-        finally:
-            for sender in senders.values():
-                sender.close()
+        while not self.stopping.is_set():
+            try:
+                if not self._step():
+                    if stop_when_idle:
+                        return
+                    self._idle()
+            except StoreError as exc:
+                # The database is away: keep trying; leases protect what was claimed.
+                log.warning("outbox: database error, retrying: %s", exc)
+                self.stopping.wait(IDLE_POLL)
+            except Exception:
+                # A bug must not silently end this thread: what it held is protected by
+                # its lease and will be taken over; this thread carries on.
+                log.exception("outbox: unexpected error in the worker, carrying on")
+                self.stopping.wait(IDLE_POLL)
 
-    def _step(self, senders: dict[str, _RouteSender]) -> bool:
+    def _step(self) -> bool:
         """Claim and deliver one batch; False (after waiting, unless idle stops) if none."""
         outbox = self.outbox
         batch = outbox.store.claim(self.owner, self.batch_size, outbox.clock(), outbox.lease)
         if batch:
             _hook("after-claim")
-            self._work(batch, senders)
+            self._work(batch)
             return True
         return False
 
@@ -198,7 +193,7 @@ class Worker:
             wait = min(wait, next_due - self.outbox.clock())
         store.wait(max(wait, 0.05), self.stopping)
 
-    def _work(self, batch: list[Claimed], senders: dict[str, _RouteSender]) -> None:
+    def _work(self, batch: list[Claimed]) -> None:
         """Deliver a batch. A message's outcome is committed in the same transaction as
         the next message's ``sending`` (one commit per message, not two); nothing touches
         the network in between, so the outcome is still recorded right after the reply."""
@@ -211,7 +206,7 @@ class Worker:
                     self._release(batch[index:])
                     return
                 try:
-                    pending = self._deliver(claimed, senders, pending)
+                    pending = self._deliver(claimed, pending)
                 except StoreError as exc:
                     # The lease runs out and another worker takes over: nothing is lost.
                     pending = None
@@ -225,9 +220,7 @@ class Worker:
             state, due = summarize(claimed.recipients, [], now)
             self.outbox.store.finish(Finish(claimed.id, self.owner, [], state, due, None, now))
 
-    def _deliver(
-        self, claimed: Claimed, senders: dict[str, _RouteSender], pending: Finish | None
-    ) -> Finish | None:
+    def _deliver(self, claimed: Claimed, pending: Finish | None) -> Finish | None:
         """Send one claimed message; returns its outcome, not yet committed."""
         outbox, now = self.outbox, self.outbox.clock()
         if checksum(claimed.body) != claimed.checksum:
@@ -241,6 +234,11 @@ class Worker:
                     f"this worker has no route {claimed.route!r}", is_temporary=True
                 )
             else:
+                pool = self._routes.pool(claimed.route, server)
+                # The rate wait comes before ``sending`` is committed: a wait after it
+                # could outlast the lease and let another worker call the send unknown.
+                granted_at = pool.reserve(len(to_send))
+                now = outbox.clock()
                 positions = [r.position for r in to_send]
                 begin = Begin(claimed.id, self.owner, positions, now, outbox.lease)
                 finished, began = outbox.store.record(pending, begin)
@@ -250,7 +248,8 @@ class Worker:
                     return None
                 pending = None
                 _hook("after-sending")
-                result = self._send(claimed, [r.address for r in to_send], senders, server)
+                recipients = [r.address for r in to_send]
+                result = self._send(claimed, recipients, pool, granted_at)
                 _hook("after-reply")
             now = outbox.clock()
             decided += outbox.outcomes(claimed, to_send, result, now)
@@ -260,24 +259,20 @@ class Worker:
         return Finish(claimed.id, self.owner, decided, state, due, reason, now)
 
     def _send(
-        self,
-        claimed: Claimed,
-        recipients: list[str],
-        senders: dict[str, _RouteSender],
-        server: Server,
+        self, claimed: Claimed, recipients: list[str], pool: Pool, granted_at: float
     ) -> SubmitResult | BaseException:
-        sender = senders.get(claimed.route)
-        if sender is None:
-            sender = senders[claimed.route] = _RouteSender(server)
         try:
-            return sender.send(
-                claimed.body, sender=claimed.sender, recipients=recipients, progress=_mid_data
+            return pool.send_reserved(
+                claimed.body,
+                granted_at,
+                sender=claimed.sender,
+                recipients=recipients,
+                progress=_mid_data,
             )
         except (SmtpError, MessageError) as exc:
             return exc
         except Exception as exc:  # a bug must not stop the worker: retried later
             log.exception("outbox: unexpected error sending %s", claimed.id)
-            sender.close()
             return SmtpError(f"unexpected error: {type(exc).__name__}", is_temporary=True)
 
     def _commit(self, pending: Finish | None) -> None:

@@ -182,7 +182,8 @@ class AsyncPool:
         done = 0
         while done < len(batch) and not conn.retire and client.is_connected:
             job = batch[done]
-            job.granted_at = await self._limit.aacquire(self._cost(job))
+            if not job.prepaid:
+                job.granted_at = await self._limit.aacquire(self._cost(job))
             if streamable(job.item) is None or done == len(batch) - 1:
                 outcomes[done] = await self._send_one(conn, job)
                 done += 1

@@ -216,6 +216,7 @@ class Job:
     rate_retries: int = 0
     needs_fresh: bool = False
     granted_at: float | None = None
+    prepaid: bool = False  # its rate token was taken before the call (Pool.reserve)
 
 
 class Jobs:
@@ -228,11 +229,11 @@ class Jobs:
         self.active = workers
 
     @classmethod
-    def single(cls, item: Item) -> Jobs:
+    def single(cls, item: Item, granted_at: float | None = None) -> Jobs:
         jobs = cls((), 1)
         jobs._source = None
         jobs.results.append(None)
-        jobs._retry.append(Job(0, item))
+        jobs._retry.append(Job(0, item, granted_at=granted_at, prepaid=granted_at is not None))
         return jobs
 
     def queued(self) -> bool:
@@ -353,6 +354,7 @@ def settle(
         elif decision is Verdict.RETRY_RATE:
             job.rate_retries += 1
             job.needs_fresh = False
+            job.prepaid = False  # a rate retry waits for a token of its own
             jobs.requeue(job)
         else:
             jobs.finish(job, outcome)

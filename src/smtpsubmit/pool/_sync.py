@@ -102,7 +102,24 @@ class Pool:
 
     def send(self, message: Any, **envelope: Any) -> SubmitResult:
         """Send one message on a pooled connection; raises like ``Client.send``."""
-        jobs = Jobs.single(normalise(message, envelope))
+        return self._send(message, envelope, None)
+
+    def reserve(self, recipients: int = 1) -> float:
+        """Wait for one message's rate token now; give the value to ``send_reserved``.
+
+        For a caller that must not wait between recording a send and making it
+        (the outbox commits ``sending`` under a lease, then sends).
+        """
+        return self._limit.acquire(recipients if self._limit.recipients is not None else 1)
+
+    def send_reserved(self, message: Any, granted_at: float, **envelope: Any) -> SubmitResult:
+        """``send`` with the rate token taken by :meth:`reserve` (never waits for another)."""
+        return self._send(message, envelope, granted_at)
+
+    def _send(
+        self, message: Any, envelope: dict[str, Any], granted_at: float | None
+    ) -> SubmitResult:
+        jobs = Jobs.single(normalise(message, envelope), granted_at)
         self._work(jobs, threading.Lock())
         outcome = jobs.outcomes()[0]
         if isinstance(outcome, SubmitResult):
@@ -218,7 +235,8 @@ class Pool:
         done = 0
         while done < len(batch) and not conn.retire and client.is_connected:
             job = batch[done]
-            job.granted_at = self._limit.acquire(self._cost(job))
+            if not job.prepaid:
+                job.granted_at = self._limit.acquire(self._cost(job))
             if streamable(job.item) is None or done == len(batch) - 1:
                 outcomes[done] = self._send_one(conn, job)
                 done += 1
