@@ -99,8 +99,15 @@ def test_worker_stops_gracefully_on_sigterm(
         box = Outbox(url)
         box.enqueue(message(1))
         smtp.wait_for(1, timeout=15)  # picked up by polling while it runs
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-        assert b'smtpsubmit_outbox_messages{state="sent"} 1.0' in metrics
+        # The server has the message a moment before the worker commits its outcome.
+        sent = b'smtpsubmit_outbox_messages{state="sent"} 1.0'
+        deadline = time.monotonic() + 5
+        while True:
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            if sent in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert sent in metrics
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
         assert proc.returncode == 0, err.decode()

@@ -596,3 +596,27 @@ def test_pooled_batch_is_one_streamed_write_per_message(
     assert fake.connections == 1
     # EHLO, then one write per message (the last dot alone), then QUIT.
     assert fake.reads[0] <= len(messages) + 3, fake.reads[0]
+
+
+def test_a_stream_lost_mid_batch_retries_only_what_never_reached_the_server(
+    pools: Pools, fake_smtp: Callable[..., FakeSMTP]
+) -> None:
+    """The first connection answers message 0 and hangs up after message 1's final dot:
+    message 1 is DeliveryStatusUnknown (never retried); the messages after it, streamed but
+    not completely written, go again on a fresh connection, once each."""
+    answered = [0]
+
+    def first_data(line: bytes, n: int) -> Any:
+        answered[0] += 1
+        return b"250 2.0.0 ok\r\n" if answered[0] == 1 else [Close()]
+
+    fake = fake_smtp(lambda i: [Responder(data_reply=first_data if i == 0 else b"250 ok\r\n")])
+    messages = make_messages(5)
+    [results] = pools.run(fake_server(fake), [("send_many", messages)], max_connections=1)
+    assert isinstance(results[0], SubmitResult)
+    assert isinstance(results[1], DeliveryStatusUnknown), results[1]
+    assert all(isinstance(r, SubmitResult) for r in results[2:]), results
+    assert fake.connections == 2
+    received = Counter(data_ids(fake))
+    assert len(received) == 5 and set(received.values()) == {1}  # message 1 arrived, once
+    assert all(received[r.message_id.encode()] == 1 for r in results if isinstance(r, SubmitResult))

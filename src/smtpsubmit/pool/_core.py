@@ -248,14 +248,13 @@ class Jobs:
         return any(job.needs_fresh for job in self._retry)
 
     def take(self, n: int, fresh: bool) -> list[Job]:
-        """Up to ``n`` jobs: retries first; at most one needing a fresh connection, first."""
+        """Up to ``n`` jobs: retries first; those needing a fresh connection only on one
+        (all of them together: a stream lost mid-batch leaves several)."""
         out: list[Job] = []
         if fresh:
-            for job in self._retry:
-                if job.needs_fresh:
-                    self._retry.remove(job)
-                    out.append(job)
-                    break
+            for job in [job for job in self._retry if job.needs_fresh][:n]:
+                self._retry.remove(job)
+                out.append(job)
         kept: deque[Job] = deque()
         while self._retry and len(out) < n:
             job = self._retry.popleft()
