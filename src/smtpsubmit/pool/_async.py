@@ -184,7 +184,7 @@ class AsyncPool:
             job = batch[done]
             if not job.prepaid:
                 job.granted_at = await self._limit.aacquire(self._cost(job))
-            if streamable(job.item) is None or done == len(batch) - 1:
+            if streamable(job.item) is None or len(batch) == 1:
                 outcomes[done] = await self._send_one(conn, job)
                 done += 1
                 continue

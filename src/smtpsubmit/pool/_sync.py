@@ -226,9 +226,9 @@ class Pool:
         """Send ``batch`` on ``conn``: an outcome per job, ``None`` for one never tried.
 
         Runs of messages go through one ``Client.send_many`` stream (pipelined:
-        one write per message, or none to wait for with CHUNKING); a message
-        with envelope options the stream does not take goes alone (as does the last one) through
-        ``Client.send``. Every message waits for its own rate token first.
+        one write per message, or none to wait for with CHUNKING); a batch of
+        one, or a message with envelope options the stream does not take, goes
+        through ``Client.send``. Every message waits for its own rate token first.
         """
         client = conn.client
         outcomes: list[Outcome | None] = [None] * len(batch)
@@ -237,7 +237,7 @@ class Pool:
             job = batch[done]
             if not job.prepaid:
                 job.granted_at = self._limit.acquire(self._cost(job))
-            if streamable(job.item) is None or done == len(batch) - 1:
+            if streamable(job.item) is None or len(batch) == 1:
                 outcomes[done] = self._send_one(conn, job)
                 done += 1
                 continue
