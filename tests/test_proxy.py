@@ -26,7 +26,7 @@ from smtpsubmit import (
     TlsError,
 )
 from tests.drivers import EACH_DRIVER as DRIVERS
-from tests.drivers import send_one
+from tests.drivers import send_one, wait_for_token
 from tests.servers.fakesmtp import Responder, Silent, Trickle
 from tests.servers.proxy import TestProxy, proxy_pool
 
@@ -178,10 +178,7 @@ def test_postfix_starttls_through_socks5(driver, tunnel, proxies, postfix):
     result, is_tls = run(driver, server, make_raw(token))
     assert is_tls and result.reply.code == 250
     assert proxy.targets == [("127.0.0.1", postfix.submission)]
-    deadline = time.monotonic() + 10
-    while not any(token.encode() in m for m in postfix.maildir_messages("catchall")):
-        assert time.monotonic() < deadline, postfix.maillog()
-        time.sleep(0.02)
+    wait_for_token(postfix, "catchall", token)
 
 
 @pytest.mark.postfix
