@@ -9,11 +9,21 @@ results from either, which is how the suite keeps the two drivers from drifting.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import pytest
 
-from smtpsubmit import AsyncClient, Client, Server, asubmit_message, submit_message
+from smtpsubmit import (
+    AsyncClient,
+    Client,
+    Option,
+    Server,
+    SubmitResult,
+    asubmit_message,
+    submit_message,
+)
 from smtpsubmit.direct import adeliver_direct, deliver_direct
 
 RAW = (
@@ -80,3 +90,55 @@ DRIVERS = [SyncDriver(), AsyncDriver()]
 @pytest.fixture(params=DRIVERS, ids=lambda d: d.name)
 def driver(request: pytest.FixtureRequest) -> Any:
     return request.param
+
+
+# Tests that take the driver by name ("sync" / "async") rather than as a driver object.
+EACH_DRIVER = pytest.mark.parametrize("driver", ["sync", "async"])
+
+T = TypeVar("T")
+
+
+def send_one(
+    driver: str,
+    server: Server,
+    raw: bytes,
+    *,
+    sender: str,
+    recipients: Sequence[str],
+    observe: Callable[[Client | AsyncClient, SubmitResult], T],
+) -> T:
+    """Connect, send one ready message and QUIT with the named driver.
+
+    ``observe`` reads what the test needs (the result, ``is_tls``…) while the
+    connection is still open, so both drivers are inspected at the same moment.
+    """
+    if driver == "sync":
+        with Client(server) as client:
+            return observe(client, client.send(raw, sender=sender, recipients=list(recipients)))
+
+    async def main() -> T:
+        async with AsyncClient(server) as aclient:
+            result = await aclient.send(raw, sender=sender, recipients=list(recipients))
+            return observe(aclient, result)
+
+    return asyncio.run(main())
+
+
+def server_for(fake: Any, **kw: Any) -> Server:
+    """A ``Server`` for a scripted fake: short timeout, EXTENDED options, EHLO ``client.test``."""
+    kw.setdefault("timeout", 3)
+    kw.setdefault("options", Option.EXTENDED)
+    kw.setdefault("local_hostname", "client.test")
+    return Server(fake.host, port=fake.port, **kw)
+
+
+def wait_for_token(postfix: Any, user: str, token: str, timeout: float = 10) -> bytes:
+    """The message carrying ``token`` once Postfix has delivered it to ``user``'s Maildir."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for message in postfix.maildir_messages(user):
+            if token.encode() in message:
+                return message
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no message with {token} for {user}\n{postfix.maillog()}")
+        time.sleep(0.02)

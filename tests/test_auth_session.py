@@ -30,12 +30,13 @@ from smtpsubmit import (
     SmtpError,
     SubmitResult,
 )
+from tests.drivers import EACH_DRIVER as DRIVERS
+from tests.drivers import send_one, wait_for_token
 from tests.servers.fakesmtp import Expect, Responder, Send, ehlo_reply
 
 CANARY = "S3cr3t-CANARY"
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
-DRIVERS = pytest.mark.parametrize("driver", ["sync", "async"])
 PASSWORD_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256")
 
 
@@ -60,15 +61,9 @@ def run(
 ) -> SubmitResult:
     """Connect (EHLO, STARTTLS, AUTH), send one message, QUIT — sync or asyncio."""
     raw = raw or make_raw(uuid.uuid4().hex, sender, recipients[0])
-    if driver == "sync":
-        with Client(server) as client:
-            return client.send(raw, sender=sender, recipients=list(recipients))
-
-    async def main() -> SubmitResult:
-        async with AsyncClient(server) as client:
-            return await client.send(raw, sender=sender, recipients=list(recipients))
-
-    return asyncio.run(main())
+    return send_one(
+        driver, server, raw, sender=sender, recipients=recipients, observe=lambda _, r: r
+    )
 
 
 def attempt(driver: str, server: Server) -> tuple[Client | AsyncClient, BaseException | None]:
@@ -99,17 +94,6 @@ def fails(driver: str, server: Server, exc: type[BaseException] = SmtpError) -> 
     with pytest.raises(exc) as info:
         run(driver, server, sender="a@example.org", recipients=("b@example.org",))
     return info.value
-
-
-def wait_for_token(postfix: Any, user: str, token: str, timeout: float = 10) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        for message in postfix.maildir_messages(user):
-            if token.encode() in message:
-                return message
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no message with {token} for {user}\n{postfix.maillog()}")
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from smtpsubmit import (
     SmtpTimeout,
     SubmitResult,
 )
-from tests.drivers import RAW, call
+from tests.drivers import RAW, call, server_for
 from tests.servers.fakesmtp import (
     Close,
     Delay,
@@ -51,12 +51,6 @@ from tests.servers.fakesmtp import (
 
 SENDER = "a@example.org"
 RCPT = ["b@example.org"]
-
-
-def server_for(fake: Any, **kw: Any) -> Server:
-    kw.setdefault("timeout", 3)
-    kw.setdefault("options", Option.EXTENDED)
-    return Server(fake.host, port=fake.port, local_hostname="client.test", **kw)
 
 
 def test_exact_command_sequence_without_pipelining(driver: Any, fake_smtp: Any) -> None:

@@ -20,6 +20,7 @@ from smtpsubmit import (
     SubmitResult,
 )
 from smtpsubmit.transport import AsyncStream, SyncStream
+from tests import drivers
 from tests.drivers import RAW, call
 from tests.servers.aiosmtpd_server import RecordingHandler, _EphemeralController
 from tests.servers.fakesmtp import Responder
@@ -28,8 +29,7 @@ SENDER = "a@example.org"
 
 
 def server_for(fake: Any, **kw: Any) -> Server:
-    kw.setdefault("timeout", 3)
-    return Server(fake.host, port=fake.port, options=Option.EXTENDED, **kw)
+    return drivers.server_for(fake, local_hostname=None, **kw)
 
 
 def mail_and_rcpts(fake: Any) -> tuple[bytes, list[bytes]]:

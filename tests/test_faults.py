@@ -58,6 +58,7 @@ from smtpsubmit import (
     SubmitResult,
 )
 from smtpsubmit.envelope import check_envelope_address
+from tests import drivers
 from tests.drivers import RAW, call
 from tests.servers.fakesmtp import (
     DEFAULT_CAPABILITIES,
@@ -112,11 +113,10 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 def server_for(fake: Any, *, credentials: bool = True, **kw: Any) -> Server:
     """A server for the fake; with the canary as password unless ``credentials=False``."""
     kw.setdefault("timeout", 2)
-    kw.setdefault("options", Option.EXTENDED)
     if credentials:
         kw.setdefault("username", USER)
         kw.setdefault("password", CANARY)
-    return Server(fake.host, port=fake.port, local_hostname="client.test", **kw)
+    return drivers.server_for(fake, **kw)
 
 
 def responder(**kw: Any) -> Responder:

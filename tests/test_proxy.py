@@ -6,7 +6,6 @@ and resolves names itself (``mx.fixture.test`` -> 127.0.0.1), as a remote proxy 
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,13 +25,14 @@ from smtpsubmit import (
     SubmitResult,
     TlsError,
 )
+from tests.drivers import EACH_DRIVER as DRIVERS
+from tests.drivers import send_one, wait_for_token
 from tests.servers.fakesmtp import Responder, Silent, Trickle
 from tests.servers.proxy import TestProxy, proxy_pool
 
 SENDER = "sender@example.org"
 RCPT = "rcpt@example.org"
 CANARY = "S3cr3t-CANARY"
-DRIVERS = pytest.mark.parametrize("driver", ["sync", "async"])
 KINDS = pytest.mark.parametrize(
     ("kind", "credentials"),
     [
@@ -62,16 +62,9 @@ def make_raw(token: str) -> bytes:
 
 def run(driver: str, server: Server, raw: bytes | None = None) -> tuple[SubmitResult, bool]:
     raw = raw or make_raw(uuid.uuid4().hex)
-    if driver == "sync":
-        with Client(server) as client:
-            return client.send(raw, sender=SENDER, recipients=[RCPT]), client.is_tls
-
-    async def main() -> tuple[SubmitResult, bool]:
-        async with AsyncClient(server) as client:
-            result = await client.send(raw, sender=SENDER, recipients=[RCPT])
-            return result, client.is_tls
-
-    return asyncio.run(main())
+    return send_one(
+        driver, server, raw, sender=SENDER, recipients=[RCPT], observe=lambda c, r: (r, c.is_tls)
+    )
 
 
 def fails(driver: str, server: Server, exc: type[BaseException] = SmtpError) -> Any:
@@ -185,10 +178,7 @@ def test_postfix_starttls_through_socks5(driver, tunnel, proxies, postfix):
     result, is_tls = run(driver, server, make_raw(token))
     assert is_tls and result.reply.code == 250
     assert proxy.targets == [("127.0.0.1", postfix.submission)]
-    deadline = time.monotonic() + 10
-    while not any(token.encode() in m for m in postfix.maildir_messages("catchall")):
-        assert time.monotonic() < deadline, postfix.maillog()
-        time.sleep(0.02)
+    wait_for_token(postfix, "catchall", token)
 
 
 @pytest.mark.postfix

@@ -34,6 +34,7 @@ from smtpsubmit import (
 from smtpsubmit.batch import send_many_flow
 from smtpsubmit.session import Send, Session
 from smtpsubmit.transport import AsyncStream, SyncStream
+from tests import drivers
 from tests.servers.fakesmtp import FakeSMTP, Step, _Conn, _Ended, ehlo_reply
 from tests.servers.postfix import CATCHALL
 from tests.test_readme import python_blocks, readme_server, run_block  # noqa: F401
@@ -224,14 +225,7 @@ def _whole_transactions(buf: bytes) -> int:
 
 
 def server_for(fake: FakeSMTP, **kw: Any) -> Server:
-    return Server(
-        "127.0.0.1",
-        port=fake.port,
-        timeout=5,
-        options=Option.EXTENDED,
-        local_hostname="client.test",
-        **kw,
-    )
+    return drivers.server_for(fake, timeout=5, **kw)
 
 
 def run_many(driver: Any, fake: FakeSMTP, batch: list[Any], **kw: Any) -> list[Any]:

@@ -21,8 +21,6 @@ import pytest
 import trustme
 
 from smtpsubmit import (
-    AsyncClient,
-    Client,
     Option,
     ProtocolError,
     Server,
@@ -32,6 +30,8 @@ from smtpsubmit import (
     SubmitResult,
     TlsError,
 )
+from tests.drivers import EACH_DRIVER as DRIVERS
+from tests.drivers import send_one, wait_for_token
 from tests.servers.certs import client_cert_files, make_server_context
 from tests.servers.fakesmtp import (
     Close,
@@ -48,7 +48,6 @@ from tests.servers.fakesmtp import (
 
 SENDER = "sender@example.org"
 RCPT = "rcpt@example.org"
-DRIVERS = pytest.mark.parametrize("driver", ["sync", "async"])
 
 
 def make_raw(token: str = "") -> bytes:
@@ -79,17 +78,14 @@ def run(
     recipients: tuple[str, ...] = (RCPT,),
 ) -> Outcome:
     """Connect, send one ready message, QUIT — with ``Client`` or ``AsyncClient``."""
-    if driver == "sync":
-        with Client(server) as client:
-            result = client.send(raw, sender=sender, recipients=list(recipients))
-            return Outcome(result, client.is_tls, client.capabilities, client.tls_info)
-
-    async def main() -> Outcome:
-        async with AsyncClient(server) as client:
-            result = await client.send(raw, sender=sender, recipients=list(recipients))
-            return Outcome(result, client.is_tls, client.capabilities, client.tls_info)
-
-    return asyncio.run(main())
+    return send_one(
+        driver,
+        server,
+        raw,
+        sender=sender,
+        recipients=recipients,
+        observe=lambda c, r: Outcome(r, c.is_tls, c.capabilities, c.tls_info),
+    )
 
 
 def fails(driver: str, server: Server, exc: type[BaseException] = SmtpError) -> Any:
@@ -298,17 +294,6 @@ def test_tls_modes_are_exclusive():
 def postfix_server(postfix, port: int, options: Option, **kwargs: Any) -> Server:
     kwargs.setdefault("ca_file", str(postfix.ca_file))
     return Server("127.0.0.1", port=port, timeout=10, options=options, **kwargs)
-
-
-def wait_for_token(postfix, user: str, token: str, timeout: float = 10) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        for message in postfix.maildir_messages(user):
-            if token.encode() in message:
-                return message
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no message with {token} for {user}\n{postfix.maillog()}")
-        time.sleep(0.02)
 
 
 @pytest.mark.postfix
