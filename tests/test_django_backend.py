@@ -41,7 +41,7 @@ from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.test import override_settings
 from django.utils.translation import gettext_lazy
 
-from smtpsubmit import ConnectError, MessageError, Option, Server
+from smtpsubmit import ConnectError, MessageError, Option, Outbox, Server
 from smtpsubmit.django import EmailBackend, server_from_settings
 from tests.servers.aiosmtpd_server import AUTH_PASSWORD, AUTH_USER, AiosmtpdServer
 
@@ -268,3 +268,25 @@ def test_delivered_through_real_postfix_with_starttls_and_auth(postfix: Any) -> 
     while sum(token.encode() in m for m in postfix.maildir_messages("bob")) < 3:
         assert time.monotonic() < deadline, postfix.maillog()
         time.sleep(0.02)
+
+
+def test_smtpsubmit_outbox_enqueues_and_a_worker_delivers(
+    aiosmtpd_server: AiosmtpdServer, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'outbox.sqlite3'}"
+    with override_settings(EMAIL_BACKEND=BACKEND, SMTPSUBMIT_OUTBOX=url, EMAIL_PORT=1):
+        sent = mail.send_mass_mail(
+            [("s", f"body {i}", "from@example.com", [f"to{i}@example.com"]) for i in range(3)]
+        )
+        assert sent == 3  # durable in the outbox; nothing listens on EMAIL_PORT=1
+        with pytest.raises(ValueError):
+            mail.send_mail("s", "b", "from@example.com", ["django"])
+    assert aiosmtpd_server.messages == []
+    outbox = Outbox(
+        url, routes={"default": Server(aiosmtpd_server.host, port=aiosmtpd_server.port)}
+    )
+    assert outbox.stats()["states"].get("queued") == 3
+    outbox.run(stop_when_idle=True)
+    received = aiosmtpd_server.wait_for(3)
+    assert sorted(m.rcpt_tos[0] for m in received) == [f"to{i}@example.com" for i in range(3)]
+    assert outbox.stats()["states"].get("sent") == 3

@@ -128,3 +128,18 @@ def test_async_twins_record_the_same(tmp_path: Path) -> None:
         assert first.read_bytes() == memory.outbox[0].raw
 
     asyncio.run(main())
+
+
+def test_outbox_client_and_pool_satisfy_the_transport_protocol(tmp_path: Path) -> None:
+    from smtpsubmit import AsyncClient, AsyncPool, Client, Outbox, Pool
+
+    server = Server("127.0.0.1", port=1)
+    outbox = Outbox(f"sqlite:///{tmp_path / 'o.sqlite3'}")
+    assert isinstance(outbox, Transport)
+    assert isinstance(Client(server), Transport) and isinstance(Pool(server), Transport)
+    assert isinstance(AsyncClient(server), AsyncTransport)
+    assert isinstance(AsyncPool(server), AsyncTransport)
+    results = outbox.send_many([composed(), (RAW, "a@example.org", []), (RAW, "x", ["b@c.d"])])
+    assert [type(r).__name__ for r in results] == ["SubmitResult", "MessageError", "MessageError"]
+    assert results[0].reply.text.startswith("2.0.0 queued as ")  # type: ignore[union-attr]
+    assert outbox.stats()["states"]["queued"] == 1

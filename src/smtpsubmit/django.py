@@ -29,6 +29,7 @@ from django.core.mail.message import EmailMessage
 from smtpsubmit.addresses import parse_address as parse_mailbox
 from smtpsubmit.client import Client
 from smtpsubmit.errors import MessageError, SmtpError
+from smtpsubmit.outbox import Outbox
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Option, Server
 
@@ -65,6 +66,8 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
             ssl_certfile=ssl_certfile,
         )
         self.connection: Client | None = None
+        outbox_url = getattr(settings, "SMTPSUBMIT_OUTBOX", None)
+        self.outbox = Outbox(outbox_url) if outbox_url else None
         self._lock = threading.RLock()
 
     def open(self) -> bool | None:
@@ -73,8 +76,8 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
         ``None`` when connecting failed and ``fail_silently`` is set — Django's
         convention, which ``send_messages`` relies on.
         """
-        if self.connection is not None:
-            return False
+        if self.connection is not None or self.outbox is not None:
+            return False  # already open, or enqueuing: no connection to open
         client = Client(self.server)
         try:
             client.connect()
@@ -97,7 +100,12 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
                 raise
 
     def send_messages(self, email_messages: Iterable[EmailMessage]) -> int:
-        """Send each message; return how many were sent (accepted for at least one recipient)."""
+        """Send each message; return how many were sent (accepted for at least one recipient).
+
+        The batch is streamed on one connection (``Client.send_many``). Without
+        ``fail_silently`` the first failure is raised once the batch has been
+        through — the other messages of the batch were still sent.
+        """
         messages = [m for m in email_messages if m.recipients()]
         if not messages:
             return 0
@@ -105,15 +113,30 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
             batch = self._envelopes(messages)
             if not batch:
                 return 0
+            if self.outbox is not None:
+                return self._enqueue(self.outbox, batch)
             new_connection = self.open()
             if self.connection is None or new_connection is None:
                 return 0
             try:
-                results = self._send_batch(self.connection, batch)
+                results = self.connection.send_many(batch)
+                if not self.connection.is_connected:
+                    self.connection = None
             finally:
                 if new_connection:
                     self.close()
-        return sum(1 for result in results if isinstance(result, SubmitResult))
+        failures = [r for r in results if not isinstance(r, SubmitResult)]
+        if failures and not self.fail_silently:
+            raise failures[0]
+        return len(results) - len(failures)
+
+    def _enqueue(self, outbox: Outbox, batch: list[tuple[bytes, str, list[str]]]) -> int:
+        """``SMTPSUBMIT_OUTBOX``: store the batch durably; a worker sends it."""
+        results = outbox.send_many(batch)
+        failures = [r for r in results if not isinstance(r, SubmitResult)]
+        if failures and not self.fail_silently:
+            raise failures[0]
+        return len(results) - len(failures)
 
     def _envelopes(self, messages: Sequence[EmailMessage]) -> list[tuple[bytes, str, list[str]]]:
         """Each message's bytes and envelope; bad addresses raise unless ``fail_silently``."""
@@ -125,22 +148,6 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
                 if not self.fail_silently:
                     raise
         return batch
-
-    def _send_batch(
-        self, client: Client, batch: list[tuple[bytes, str, list[str]]]
-    ) -> list[SubmitResult | SmtpError]:
-        results: list[SubmitResult | SmtpError] = []
-        for raw, sender, recipients in batch:
-            try:
-                results.append(client.send(raw, sender=sender, recipients=recipients))
-            except SmtpError as exc:
-                if not self.fail_silently:
-                    raise
-                results.append(exc)
-                if not client.is_connected:
-                    self.connection = None
-                    break
-        return results
 
 
 def _envelope(message: EmailMessage) -> tuple[bytes, str, list[str]]:

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from smtpsubmit.cli import mx
+from smtpsubmit.cli import batch, mx
 from smtpsubmit.cli.dkim import add_dkim_options, signer_from
 from smtpsubmit.cli.errors import MissingInput, UsageError
 from smtpsubmit.cli.options import (
@@ -77,6 +77,13 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch_group = parser.add_argument_group("many ready messages")
+    batch_group.add_argument(
+        "--batch",
+        metavar="DIR|MBOX",
+        help="send every ready message of a directory (one file each) or an mbox file, "
+        "streamed on one connection; envelopes from each message's header (like sendmail -t)",
     )
     msg = parser.add_argument_group("message")
     msg.add_argument(
@@ -151,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
 
     explicit = bool(args.server or args.host or args.direct)
     account = resolve_account(args, explicit_server=explicit)
+    if args.batch:
+        if args.direct or args.to or args.cc or args.bcc or args.text or args.html:
+            raise UsageError("--batch sends ready messages: no --direct or message options")
+        return batch.run_batch(args, build_server(args, account))
     sender = args.sender or (account.get("from") if account else None)
     if not sender:
         raise UsageError("no sender: give --from ADDR (or `from` in the account)")

@@ -41,6 +41,7 @@ from smtpsubmit.ratelimit import RateLimit
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Server
+from smtpsubmit.transports import split_item
 
 __all__ = ["Outbox", "open_store"]
 
@@ -191,6 +192,33 @@ class Outbox:
             for m in messages
         ]
         return self.store.insert(items, connection) if items else []
+
+    def send(self, message: Message | bytes, **envelope: Any) -> SubmitResult:
+        """Enqueue, as a :class:`~smtpsubmit.Transport`: the result says "queued as ID".
+
+        ``envelope`` takes ``sender``, ``recipients`` and :meth:`enqueue`'s other
+        keywords. ``accepted`` lists the recipients the outbox took on; what the
+        server says later is in :meth:`show`.
+        """
+        item = self.prepare(message, **envelope)
+        (queued,) = self.store.insert([item], None)
+        reply = Reply(250, f"2.0.0 queued as {queued}", "2.0.0")
+        return SubmitResult(
+            item.message_id, item.sender, list(item.recipients), {}, reply, len(item.body)
+        )
+
+    def send_many(self, messages: Iterable[Any]) -> list[SubmitResult | MessageError]:
+        """Enqueue each item (a Message, or ``(raw, sender, recipients)``); errors as values."""
+        results: list[SubmitResult | MessageError] = []
+        for item in messages:
+            try:
+                message, envelope = split_item(item)
+                if not isinstance(message, Message | bytes):
+                    raise MessageError("the outbox takes a Message or the message's bytes")
+                results.append(self.send(message, **envelope))
+            except MessageError as exc:
+                results.append(exc)
+        return results
 
     def prepare(
         self,
