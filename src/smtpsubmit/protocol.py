@@ -208,40 +208,60 @@ class Capabilities(Mapping[str, str]):
 
 
 class ReplyParser:
-    """Bounded, incremental reply parser: feed bytes, take whole replies."""
+    """Bounded, incremental reply parser: feed bytes, take whole replies.
+
+    What was fed is kept as one ``bytes`` object and a read position: taking a
+    line is a slice, and a read that ends on a line end (the usual case) leaves
+    nothing to copy. Single-line replies are looked up by their exact bytes
+    first, since a server repeats the same few lines ("250 2.1.5 Ok") for every
+    message.
+    """
 
     def __init__(
         self, max_line: int = MAX_LINE, max_lines: int = MAX_LINES, max_reply: int = MAX_REPLY
     ) -> None:
-        self._buffer = bytearray()
+        self._data = b""
+        self._pos = 0  # start of the first line not yet taken
         self._lines: list[str] = []
         self._code: bytes | None = None
         self._size = 0
         self._max_line, self._max_lines, self._max_reply = max_line, max_lines, max_reply
+        # The shared cache only holds lines these limits allow.
+        defaults = (max_line, max_lines, max_reply) == (MAX_LINE, MAX_LINES, MAX_REPLY)
+        self._short: dict[bytes, Reply] = _SHORT_REPLIES if defaults else {}
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        if self._pos >= len(self._data):
+            self._data, self._pos = bytes(data), 0
+        else:
+            self._data, self._pos = self._data[self._pos :] + data, 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer) + self._size
+        return len(self._data) - self._pos + self._size
 
     def discard(self) -> bytes:
         """Drop everything buffered (used before a TLS handshake)."""
-        dropped = bytes(self._buffer)
-        self._buffer.clear()
+        dropped = self._data[self._pos :]
+        self._data, self._pos = b"", 0
         self._lines, self._code, self._size = [], None, 0
         return dropped
 
     def next_reply(self) -> Reply | None:
+        data = self._data
         while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > self._max_line:
+            pos = self._pos
+            end = data.find(b"\n", pos) + 1
+            if not end:
+                if len(data) - pos > self._max_line:
                     raise ProtocolError(f"reply line longer than {self._max_line} octets")
                 return None
-            raw = bytes(self._buffer[: end + 1])
-            del self._buffer[: end + 1]
+            raw = data[pos:end]
+            self._pos = end
+            if not self._lines:
+                reply = self._short.get(raw)
+                if reply is not None:
+                    return reply
             reply = self._take_line(raw)
             if reply is not None:
                 return reply
@@ -268,6 +288,10 @@ class ReplyParser:
             reply = Reply.from_lines(int(code), self._lines)
         else:
             reply = _single_line_reply(code, text)
+            if len(raw) <= 200:
+                if len(self._short) >= 256:
+                    self._short.clear()
+                self._short[raw] = reply
         self._lines, self._code, self._size = [], None, 0
         return reply
 
@@ -290,6 +314,11 @@ def _parse_line(raw: bytes) -> tuple[bytes, bool, str]:
 # Servers repeat the same short lines ("250 2.1.5 Ok") for every message; both are
 # pure functions with immutable results (errors are raised, never cached).
 _parse_short_line = functools.lru_cache(maxsize=256)(_parse_line)
+
+
+# Whole single-line replies by their exact bytes (line end included): what
+# ReplyParser looks up before parsing. Bounded; emptied when full.
+_SHORT_REPLIES: dict[bytes, Reply] = {}
 
 
 @functools.lru_cache(maxsize=256)
