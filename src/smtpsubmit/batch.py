@@ -58,7 +58,7 @@ from smtpsubmit.errors import (
     ServerDisconnected,
     SmtpError,
 )
-from smtpsubmit.prepare import Source, prepare_submission
+from smtpsubmit.prepare import Source, crlf_only, prepare_submission
 from smtpsubmit.protocol import Command, DataEncoder, LineEndingNormalizer, State
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import SubmitResult
@@ -101,10 +101,20 @@ class _Txn:
     complete: bool = False  # no more slots will be registered
 
 
-@dataclass(slots=True)
-class _Slot:
-    txn: _Txn
-    kind: str  # rset, mail, rcpt, data, chunk, end, void (a dot after a wrong 354)
+# A command waiting for its reply: the message it belongs to and what it is (rset,
+# mail, rcpt, data, chunk, end, void: a dot after a wrong 354). A plain tuple: a
+# stream makes several per message.
+_Slot = tuple[_Txn, str]
+# The read requests of a stream, made once (they are immutable).
+_POLL = Receive("data", poll=True)
+_WAIT = {
+    (stage, new): Receive(stage, new) for stage in ("mail", "rcpt", "data") for new in (True, False)
+}
+# A group of envelope commands, rendered: the commands, what each slot is, the bytes.
+_Group = tuple[tuple[Command, ...], tuple[str, ...], bytes]
+_GROUPS_MAX = 256  # distinct envelopes remembered per stream
+_RSET = Command("RSET", "", "mail")
+_DATA = Command("DATA", "", "data")
 
 
 def send_many_flow(
@@ -140,6 +150,10 @@ class _Stream:
         self.dirty = False  # the server may hold a transaction: RSET before the next MAIL
         self.closing: _Txn | None = None  # whose command the server answered with 421
         self.started: deque[_Txn] = deque()  # prepared and without an outcome, in order
+        # Bulk sends repeat their envelopes: each distinct one is rendered once.
+        self.groups: dict[tuple[Any, ...], _Group] = {}
+        self.size_offered = "SIZE" in caps
+        self.dkim = session.server.dkim
 
     # -- the flow --------------------------------------------------------------------
 
@@ -174,7 +188,9 @@ class _Stream:
         envelope, source = prepare_submission(
             message, self.session, sender=sender, recipients=recipients
         )
-        return sign_source(envelope, source, self.session.server.dkim)
+        if self.dkim is None:
+            return envelope, source
+        return sign_source(envelope, source, self.dkim)
 
     def _one_by_one(self, items: Iterator[Any]) -> Flow[None]:
         """No PIPELINING: each message is an ordinary send, errors kept as values."""
@@ -199,11 +215,15 @@ class _Stream:
         txn = self._next(items)
         while txn is not None:
             head = self._envelope(txn, data_command=True)
-            yield from self._write(carry + head, carry_txn, at_tail=False)
+            # _write, inlined: this runs once per message.
+            if carry_txn is not None:
+                carry_txn.end = MAYBE_WRITTEN  # followed by other bytes: any prefix may go
+            yield Send(carry + head if carry else head, "data")
+            if carry_txn is not None:
+                carry_txn.end = WRITTEN
             carry, carry_txn = b"", None
             # While the server answers: this message's first data and the next message.
-            pieces = self._data_pieces(txn)
-            piece = next(pieces)
+            piece, pieces = self._data_pieces(txn)
             following = self._next(items)
             while txn.data is None:
                 yield from self._receive(block=True)
@@ -214,9 +234,11 @@ class _Stream:
                     yield from self._write(piece, None)
                     piece = more
                 self.core.send_data_end()
-                transcript.debug("C: <message data: %d octets>", txn.size)
-                transcript.debug("C: .")
-                self._slot(txn, "end")
+                if transcript.isEnabledFor(logging.DEBUG):
+                    transcript.debug("C: <message data: %d octets>", txn.size)
+                    transcript.debug("C: .")
+                self.slots.append((txn, "end"))
+                txn.pending += 1
                 carry, carry_txn = piece, txn
             elif txn.data.code == 354:
                 # A 354 with nobody to deliver to gets an empty message that the server
@@ -302,7 +324,10 @@ class _Stream:
         """Prepare one message; a bad one becomes its own outcome, nothing of it sent."""
         index = self._new_index()
         try:
-            message, sender, recipients = _unpack(item)
+            if type(item) is tuple and len(item) == 3:  # the common form, checked first
+                message, sender, recipients = item
+            else:
+                message, sender, recipients = _unpack(item)
             envelope, source = self._prepare(message, sender, recipients)
             self.session.check_envelope(envelope)
         except (MessageError, SmtpError) as exc:
@@ -322,33 +347,80 @@ class _Stream:
 
     def _envelope(self, txn: _Txn, *, data_command: bool) -> bytes:
         """[RSET] MAIL RCPT... [DATA] for one message, registered in order."""
-        commands: list[tuple[Command, str]] = []
         if not self.slots:
             self.session._check_unsolicited("mail")  # a reply too many, already here
-        if self.dirty or (self.chunking and self.inflight):
-            commands.append((Command("RSET", "", "mail"), "rset"))
-            self.dirty = False
-        caps, envelope = self.session.capabilities, txn.envelope
-        commands.append((mail_command(envelope, caps), "mail"))
-        commands += [(rcpt_command(envelope, r, caps), "rcpt") for r in envelope.recipients]
+        reset = self.dirty or (self.chunking and bool(self.inflight))
+        self.dirty = False
+        envelope = txn.envelope
+        key = (
+            envelope.sender,
+            tuple(envelope.recipients),
+            envelope.size if self.size_offered else 0,
+            envelope.eight_bit,
+            envelope.smtputf8,
+            envelope.dsn,
+            envelope.require_tls,
+            envelope.extra_mail_params,
+            reset,
+            data_command,
+        )
+        group = self.groups.get(key)
+        if group is None:
+            group = self._group(envelope, reset=reset, data_command=data_command)
+            if len(self.groups) >= _GROUPS_MAX:
+                self.groups.clear()
+            self.groups[key] = group
+        commands, kinds, data = group
+        self.core.send_rendered(commands, data)
+        self.slots.extend([(txn, kind) for kind in kinds])
+        txn.pending += len(kinds)
+        return data
+
+    def _group(self, envelope: Envelope, *, reset: bool, data_command: bool) -> _Group:
+        """The envelope's commands, what each one's slot is, and their bytes."""
+        caps = self.session.capabilities
+        commands = [_RSET] if reset else []
+        commands.append(mail_command(envelope, caps))
+        commands += [rcpt_command(envelope, r, caps) for r in envelope.recipients]
         if data_command:
-            commands.append((Command("DATA", "", "data"), "data"))
-        out = []
-        for command, kind in commands:
-            out.append(self.core.send(command))
-            self._slot(txn, kind)
-        return b"".join(out)
+            commands.append(_DATA)
+        kinds = ["rset"] if reset else []
+        kinds += ["mail", *["rcpt"] * len(envelope.recipients)]
+        if data_command:
+            kinds.append("data")
+        data = b"".join([command.render() for command in commands])
+        return tuple(commands), tuple(kinds), data
 
     def _slot(self, txn: _Txn, kind: str) -> None:
-        self.slots.append(_Slot(txn, kind))
+        self.slots.append((txn, kind))
         txn.pending += 1
 
-    def _data_pieces(self, txn: _Txn) -> Iterator[bytes]:
-        """The DATA payload in writes of about WRITE_BATCH octets; the last ends with the dot."""
-        encoder = DataEncoder()
+    def _data_pieces(self, txn: _Txn) -> tuple[bytes, Iterator[bytes]]:
+        """The DATA payload in writes of about WRITE_BATCH octets: the first one, and an
+        iterator of the rest (empty for most messages); the last piece ends with the dot."""
+        source = _take_source(txn)
+        encoder = DataEncoder(crlf=crlf_only(source))
+        chunks = iter(source())
         pending: list[bytes] = []
         size = 0
-        for chunk in _take_source(txn)():
+        for chunk in chunks:
+            out = encoder.feed(chunk)
+            if out:
+                pending.append(out)
+                size += len(out)
+            if size >= WRITE_BATCH:
+                return b"".join(pending), self._more_pieces(txn, encoder, chunks)
+        pending.append(encoder.end())
+        txn.size = encoder.octets
+        return b"".join(pending), iter(())
+
+    def _more_pieces(
+        self, txn: _Txn, encoder: DataEncoder, chunks: Iterator[bytes]
+    ) -> Iterator[bytes]:
+        """The rest of :meth:`_data_pieces`, read only when the server said 354."""
+        pending: list[bytes] = []
+        size = 0
+        for chunk in chunks:
             out = encoder.feed(chunk)
             if out:
                 pending.append(out)
@@ -397,10 +469,10 @@ class _Stream:
             if self._take_buffered():
                 return
             if block:
-                stage = _STAGE.get(self.slots[0].kind, "data")
-                data = yield Receive(stage, not core.has_buffered)
+                stage = _STAGE.get(self.slots[0][1], "data")
+                data = yield _WAIT[stage, not core.has_buffered]
             else:
-                data = yield Receive("data", poll=True)
+                data = yield _POLL
                 if not data:
                     return
             core.receive_data(data)
@@ -410,53 +482,34 @@ class _Stream:
 
     def _take_buffered(self) -> bool:
         took = False
-        while self.slots:
+        slots, next_reply, take = self.slots, self.core.next_reply, self._take
+        while slots:
             try:
-                reply = self.core.next_reply()
+                reply = next_reply()
             except ProtocolError as exc:
                 exc.stage = exc.stage or "data"
                 raise
             if reply is None:
                 break
-            self._take(self.slots.popleft(), reply)
+            take(slots.popleft(), reply)
             took = True
         return took
 
     def _take(self, slot: _Slot, reply: Reply) -> None:
-        txn, kind = slot.txn, slot.kind
-        stage = _STAGE.get(kind, "data")
-        if reply.code == 421:
+        """Match one reply to its command; refuse one that cannot answer it."""
+        txn, kind = slot
+        code = reply.code
+        if code == 421:
             self.closing = txn
             raise ServerDisconnected(
-                "the server is closing the connection", reply=reply, stage=stage
+                "the server is closing the connection",
+                reply=reply,
+                stage=_STAGE.get(kind, "data"),
             )
-        self._check(kind, reply, stage)
-        txn.pending -= 1
-        if kind == "rset":
-            if not 200 <= reply.code < 300:
-                raise ProtocolError("the server refused RSET", reply=reply, stage=stage)
-        elif kind == "mail":
-            txn.mail = reply
-            if self.enhanced and reply.enhanced and 200 <= reply.code < 300:
-                self.unconfirmed.clear()  # an address code where one belongs: in step
-        elif kind == "rcpt":
-            txn.rcpts.append(reply)
-        elif kind == "data":
-            txn.data = reply
-            if reply.code == 354:
-                self.unconfirmed.clear()  # the one reply that only DATA gets: in step
-        elif kind == "chunk":
-            if reply.code >= 400 and txn.chunk_error is None:
-                txn.chunk_error = reply
-        elif kind == "end":
-            txn.final = reply
-        self._settle_if_done(txn)
-
-    def _check(self, kind: str, reply: Reply, stage: str) -> None:
-        """Refuse a reply that cannot answer the command it is matched to."""
-        code = reply.code
-        fits = (code == 354 or code >= 400) if kind == "data" else not 300 <= code < 400
-        if fits and self.enhanced and reply.enhanced and 200 <= code < 300:
+        # Only DATA gets 354, and every other command no 3xx at all; with enhanced
+        # codes, a 2xx address code (2.1.x) answers MAIL or RCPT and nothing else.
+        fits = (code == 354 or code >= 400) if kind == "data" else (code < 300 or code >= 400)
+        if fits and self.enhanced and 200 <= code < 300 and reply.enhanced:
             addressing = reply.enhanced.startswith("2.1.")
             fits = addressing if kind in ("mail", "rcpt") else not addressing
         if not fits:
@@ -464,8 +517,28 @@ class _Stream:
                 f"the reply {reply} does not fit the {kind.upper()} it was matched to: the "
                 "server answered out of order or more than once",
                 reply=reply,
-                stage=stage,
+                stage=_STAGE.get(kind, "data"),
             )
+        txn.pending -= 1
+        if kind == "rcpt":
+            txn.rcpts.append(reply)
+        elif kind == "mail":
+            txn.mail = reply
+            if self.enhanced and reply.enhanced and 200 <= code < 300:
+                self.unconfirmed.clear()  # an address code where one belongs: in step
+        elif kind == "data":
+            txn.data = reply
+            if code == 354:
+                self.unconfirmed.clear()  # the one reply that only DATA gets: in step
+        elif kind == "end":
+            txn.final = reply
+        elif kind == "chunk":
+            if code >= 400 and txn.chunk_error is None:
+                txn.chunk_error = reply
+        elif kind == "rset" and not 200 <= code < 300:
+            raise ProtocolError("the server refused RSET", reply=reply, stage="mail")
+        if not txn.pending and txn.complete:
+            self._settle_if_done(txn)
 
     def _envelope_ok(self, txn: _Txn, *, partial: bool = False) -> bool:
         """Whether MAIL and at least one RCPT were accepted (``partial``: not refused yet)."""
@@ -473,7 +546,10 @@ class _Stream:
             return False
         if partial and len(txn.rcpts) < len(txn.envelope.recipients):
             return True
-        return any(200 <= r.code < 300 for r in txn.rcpts)
+        for reply in txn.rcpts:  # noqa: SIM110 - a loop, not any(): no generator per message
+            if 200 <= reply.code < 300:
+                return True
+        return False
 
     def _settle_if_done(self, txn: _Txn) -> None:
         if not txn.complete or txn.pending or self.results[txn.index] is not None:
@@ -481,16 +557,36 @@ class _Stream:
         outcome = self._outcome(txn)
         self.results[txn.index] = outcome
         self.unconfirmed.append(txn.index)
-        if self.started and self.started[0] is txn:
-            self.started.popleft()
-        if txn in self.inflight:
-            self.inflight.remove(txn)
-            self.inflight_bytes -= txn.envelope.size
+        started = self.started
+        if started and started[0] is txn:
+            started.popleft()
+        inflight = self.inflight
+        if inflight:
+            if inflight[0] is txn:  # replies come in order: the oldest settles first
+                inflight.popleft()
+                self.inflight_bytes -= txn.envelope.size
+            elif txn in inflight:
+                inflight.remove(txn)
+                self.inflight_bytes -= txn.envelope.size
         if not isinstance(outcome, SubmitResult) and (self.chunking or txn.final is None):
             self.dirty = True
 
     def _outcome(self, txn: _Txn) -> Outcome:
-        recipients = txn.envelope.recipients
+        envelope, final, mail, rcpts = txn.envelope, txn.final, txn.mail, txn.rcpts
+        recipients = envelope.recipients
+        if (  # everything accepted, the common case: what the general path below returns
+            final is not None
+            and 200 <= final.code < 300
+            and mail is not None
+            and 200 <= mail.code < 300
+            and txn.chunk_error is None
+            and (txn.data is None or txn.data.code == 354)
+            and len(rcpts) == len(recipients)
+            and _all_accepted(rcpts)
+        ):
+            return SubmitResult(
+                envelope.message_id, envelope.sender, list(recipients), {}, final, txn.size
+            )
         accepted, refused = sort_recipients(recipients, txn.rcpts)
         for recipient, reply in zip(recipients, txn.rcpts, strict=False):
             if recipient not in accepted and recipient not in refused:
@@ -579,6 +675,13 @@ def _never_started(cause: SmtpError | None) -> SmtpError:
     )
     error.__cause__ = cause
     return error
+
+
+def _all_accepted(replies: list[Reply]) -> bool:
+    for reply in replies:  # noqa: SIM110 - a loop, not all(): no generator per message
+        if not 200 <= reply.code < 400:
+            return False
+    return True
 
 
 def _unpack(item: Any) -> tuple[Any, str | None, Any]:

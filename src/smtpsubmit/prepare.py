@@ -25,6 +25,7 @@ __all__ = [
     "Offers",
     "SessionState",
     "check_before_connecting",
+    "crlf_only",
     "prepare_submission",
 ]
 
@@ -43,6 +44,17 @@ class SessionState(Protocol):
 
     @property
     def capabilities(self) -> Offers: ...
+
+
+def crlf_only(source: Source) -> bool:
+    """Whether every chunk of ``source`` is known to have CRLF line ends only.
+
+    A ready message's chunks are: it is read through the newline normaliser
+    (:mod:`smtpsubmit.ready`), so the data encoder need not search them for
+    bare CR or LF a second time. Any other source (composed, DKIM-signed) is
+    checked as it goes out.
+    """
+    return isinstance(getattr(source, "__self__", None), ready.ReadyMessage)
 
 
 def check_before_connecting(

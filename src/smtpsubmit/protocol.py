@@ -351,6 +351,20 @@ class SmtpProtocol:
             transcript.debug("C: %s", command.loggable())
         return data
 
+    def send_rendered(self, commands: Iterable[Command], data: bytes) -> None:
+        """Pipeline ``commands`` whose bytes ``data`` an earlier ``render()`` of each made.
+
+        For a stream of messages that repeats the same envelope: the order rules and
+        the transcript are as for :meth:`send`, only the rendering is not done again.
+        """
+        waiting, check = self._waiting, self._check_order
+        for command in commands:
+            check(command)
+            waiting.append(command)
+        if transcript.isEnabledFor(logging.DEBUG):
+            for command in commands:
+                transcript.debug("C: %s", command.loggable())
+
     def send_auth_response(self, encoded: str, stage: str = "auth") -> bytes:
         """A SASL continuation line (base64), logged as ``***``."""
         check_argument(encoded)
@@ -539,12 +553,18 @@ def _loggable_reply(reply: Reply) -> list[str]:
 
 
 class LineEndingNormalizer:
-    """Turn every bare CR or LF into CRLF, across chunk boundaries."""
+    """Turn every bare CR or LF into CRLF, across chunk boundaries.
+
+    ``crlf=True`` says the chunks are known to have CRLF line ends only (a
+    ready message, normalised when it was read), so they are not searched
+    again; a CRLF split between two chunks is still put back together.
+    """
 
     _BREAK = re.compile(rb"\r\n|\r|\n")
 
-    def __init__(self) -> None:
+    def __init__(self, *, crlf: bool = False) -> None:
         self._carry = b""
+        self._crlf = crlf
         self.ends_with_crlf = True  # an empty message "ends" at a line start
 
     def feed(self, chunk: bytes) -> bytes:
@@ -554,11 +574,14 @@ class LineEndingNormalizer:
             data, self._carry = data[:-1], b"\r"
         if not data:
             return b""
-        crlf = data.count(b"\r\n")
-        if data.count(b"\n") == crlf and data.count(b"\r") == crlf:  # already canonical
+        if self._crlf:
             out = data
         else:
-            out = self._BREAK.sub(b"\r\n", data)
+            crlf = data.count(b"\r\n")
+            if data.count(b"\n") == crlf and data.count(b"\r") == crlf:  # already canonical
+                out = data
+            else:
+                out = self._BREAK.sub(b"\r\n", data)
         self.ends_with_crlf = out.endswith(b"\r\n")
         return out
 
@@ -578,8 +601,8 @@ class DataEncoder:
     end the data early.
     """
 
-    def __init__(self) -> None:
-        self._lines = LineEndingNormalizer()
+    def __init__(self, *, crlf: bool = False) -> None:
+        self._lines = LineEndingNormalizer(crlf=crlf)  # crlf: see LineEndingNormalizer
         self._at_line_start = True
         self.octets = 0  # message octets (before stuffing), what the server stores
 
