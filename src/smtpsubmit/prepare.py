@@ -105,31 +105,25 @@ def prepare_submission(
     require_tls: bool = False,
 ) -> tuple[Envelope, Source]:
     """The envelope and a byte source (re-readable, for a follow-up) for this session."""
-    allow_8bit = "8BITMIME" in session.capabilities
     if isinstance(message, Message):
         return _prepare_composed(
             message,
-            allow_8bit,
+            "8BITMIME" in session.capabilities,
             sender=sender,
             recipients=recipients,
             dsn=dsn,
             require_tls=require_tls,
         )
     wire_sender, wire_rcpts, utf8 = raw_envelope(sender, recipients)
-    if isinstance(message, bytes | bytearray | memoryview):
+    if type(message) is bytes or isinstance(message, bytes | bytearray | memoryview):
         source = ready.from_bytes(bytes(message), strict=False)
     else:
         source = ready.from_stream(message)
     size, eight_bit = source.measure()
+    # Positional (sender, recipients, size, smtputf8, eight_bit, dsn, require_tls,
+    # message_id): one is made per message, and bulk sends make many.
     envelope = Envelope(
-        wire_sender,
-        wire_rcpts,
-        size=size,
-        smtputf8=utf8,
-        eight_bit=eight_bit,
-        dsn=dsn,
-        require_tls=require_tls,
-        message_id=source.message_id(),
+        wire_sender, wire_rcpts, size, utf8, eight_bit, dsn, require_tls, source.message_id()
     )
     return envelope, source.chunks
 

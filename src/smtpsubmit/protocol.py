@@ -88,6 +88,7 @@ class State(enum.Enum):
 
 
 _DATA_IN_PROGRESS = (State.DATA, State.CHUNKING)
+_DIGITS = "0123456789"
 
 
 def check_argument(value: str, what: str = "command argument") -> str:
@@ -474,7 +475,7 @@ class SmtpProtocol:
         if transcript.isEnabledFor(logging.DEBUG):
             for line in _loggable_reply(reply):
                 transcript.debug("S: %s", line)
-        if reply.enhanced and reply.enhanced[0] != str(reply.code)[0]:
+        if reply.enhanced and reply.enhanced[0] != _DIGITS[reply.code // 100]:
             log.warning(  # RFC 3463 §2: the basic code wins, which is how it is classified
                 "reply %d has the enhanced code %s of another class; classified by %d",
                 reply.code,
@@ -503,23 +504,30 @@ class SmtpProtocol:
         self.state = self._projected = State.CONNECTED
 
     def _advance(self, command: Command, reply: Reply) -> None:
-        ok = reply.is_positive
+        code = reply.code
+        ok = 200 <= code < 400
         verb = command.verb
-        if verb == "<greeting>":
+        # The verbs of a mail transaction first: a stream answers them for every message.
+        if verb == "RCPT":
+            pass  # a refused recipient leaves the transaction as it was
+        elif verb == "MAIL":
+            self.state = State.MAIL if ok else State.READY
+        elif verb == "<end of data>":
+            self.state = State.READY
+        elif verb == "DATA":
+            if code == 354:
+                self.state = State.DATA
+        elif verb == "<greeting>":
             self.state = State.CONNECTED  # a 554 greeting still expects QUIT (RFC 5321 3.1)
         elif verb in ("EHLO", "HELO"):
             self.state = State.READY if ok else State.CONNECTED
-        elif verb == "MAIL":
-            self.state = State.MAIL if ok else State.READY
-        elif verb == "DATA" and reply.code == 354:
-            self.state = State.DATA
         elif verb == "BDAT" and ok and not _is_last(command):
             self.state = State.CHUNKING
-        elif verb in ("<end of data>", "BDAT") or (verb == "RSET" and ok):
+        elif verb == "BDAT" or (verb == "RSET" and ok):
             self.state = State.READY
         elif verb == "QUIT":
             self.state = State.CLOSED
-        if reply.code == 421:  # the server is closing the session
+        if code == 421:  # the server is closing the session
             self.state = State.CLOSED
         if not self._waiting:  # the pipeline drained: what we projected is now known
             self._projected = self.state

@@ -307,12 +307,18 @@ class SyncStream:
         self._tls_errors: TlsErrors | None = None
         # settimeout() is a system call: made only when the timeout changes.
         self._timeout = sock.gettimeout()
-        # A plain socket is polled for readability without a read (and without
-        # switching it to non-blocking and back); a TLS one is not (see poll()).
+        # A plain socket is polled for readability without a read; a TLS one is not
+        # (see poll()). A plain socket also stays non-blocking: a socket with a timeout
+        # makes Python poll() before every send and recv, two system calls per message
+        # of a stream that finds its replies already there and its writes taken at once.
+        # send() and receive() wait with these pollers only when the socket is not ready.
         self._poller: Any = None
+        self._writable: Any = None
         if not isinstance(sock, ssl.SSLSocket) and hasattr(select, "poll"):
             self._poller = select.poll()
             self._poller.register(sock, select.POLLIN)
+            self._writable = select.poll()
+            self._writable.register(sock, select.POLLOUT)
 
     def _set_timeout(self, timeout: float) -> None:
         if timeout != self._timeout:
@@ -354,10 +360,35 @@ class SyncStream:
     def send(self, data: bytes, stage: str, timeout: float) -> None:
         """Write all of ``data`` within ``timeout`` seconds (the whole write, not each part)."""
         try:
-            self._set_timeout(max(timeout, 0.001))
-            self._sock.sendall(data)
+            if self._writable is not None:
+                self._send_plain(data, max(timeout, 0.001))
+            else:
+                self._set_timeout(max(timeout, 0.001))
+                self._sock.sendall(data)
         except (OSError, ValueError) as exc:
             raise _io_error(exc, stage, "while sending", timeout, self._tls_errors) from None
+
+    def _send_plain(self, data: bytes, timeout: float) -> None:
+        """``sendall`` on the non-blocking plain socket: a write that fits is one call."""
+        self._set_timeout(0.0)
+        sock = self._sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        deadline = time.monotonic() + timeout
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the write did not complete in time")
+            self._writable.poll(left * 1000)
+            try:
+                view = view[sock.send(view) :]
+            except BlockingIOError:
+                continue
 
     def poll(self, stage: str) -> bytes:
         """What the server sent while we were idle, without waiting: ``b""`` if nothing.
@@ -381,8 +412,11 @@ class SyncStream:
 
     def receive(self, stage: str, timeout: float) -> bytes:
         try:
-            self._set_timeout(max(timeout, 0.001))
-            data = self._sock.recv(READ_SIZE)
+            if self._poller is not None:
+                data = self._receive_plain(max(timeout, 0.001))
+            else:
+                self._set_timeout(max(timeout, 0.001))
+                data = self._sock.recv(READ_SIZE)
         except (OSError, ValueError) as exc:
             doing = "waiting for the server's reply"
             raise _io_error(exc, stage, doing, timeout, self._tls_errors) from None
@@ -391,6 +425,25 @@ class SyncStream:
                 "the server closed the connection when a reply was due", stage=stage
             )
         return data
+
+    def _receive_plain(self, timeout: float) -> bytes:
+        """``recv`` on the non-blocking plain socket: what is already here costs one call."""
+        self._set_timeout(0.0)
+        sock = self._sock
+        try:
+            return sock.recv(READ_SIZE)
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no data in time")
+            self._poller.poll(left * 1000)
+            try:
+                return sock.recv(READ_SIZE)
+            except BlockingIOError:
+                continue
 
     def start_tls(self, server: Server, stage: str, timeout: float) -> TlsInfo:
         """Handshake with ``server``'s TLS settings, the whole of it within ``timeout``."""
@@ -406,7 +459,7 @@ class SyncStream:
         except (OSError, ValueError) as exc:
             raise _handshake_error(exc, stage, server, timeout) from None
         self._timeout = tls.gettimeout()
-        self._poller = None
+        self._poller = self._writable = None
         self._tls_errors = lambda exc, stage: describe_tls_error(exc, server, stage)
         self.tls_info = TlsInfo.from_ssl_object(tls)
         return self.tls_info
