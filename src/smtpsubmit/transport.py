@@ -580,8 +580,11 @@ class AsyncStream:
 
     async def _read(self, stage: str, timeout: float | None) -> bytes:
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:  # the bytes are already here: no timer to arm and cancel
                 data = await self._reader.read(READ_SIZE)
+            else:
+                async with asyncio.timeout(timeout):
+                    data = await self._reader.read(READ_SIZE)
         except (OSError, ValueError) as exc:
             doing = "waiting for the server's reply"
             raise _io_error(exc, stage, doing, timeout or 0.0, self._tls_errors) from None
