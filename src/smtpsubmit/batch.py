@@ -42,6 +42,7 @@ Like the session, this module does no I/O and reads no clock.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -399,8 +400,18 @@ class _Stream:
         """The DATA payload in writes of about WRITE_BATCH octets: the first one, and an
         iterator of the rest (empty for most messages); the last piece ends with the dot."""
         source = _take_source(txn)
-        encoder = DataEncoder(crlf=crlf_only(source))
+        crlf = crlf_only(source)
         chunks = iter(source())
+        first = next(chunks, b"")
+        if crlf and first.endswith(b"\r\n") and len(first) < WRITE_BATCH:
+            second = next(chunks, None)
+            if second is None:  # the usual small ready message: one piece, no encoder
+                txn.size = len(first)
+                return DataEncoder.whole(first), iter(())
+            chunks = itertools.chain((first, second), chunks)
+        else:
+            chunks = itertools.chain((first,), chunks)
+        encoder = DataEncoder(crlf=crlf)
         pending: list[bytes] = []
         size = 0
         for chunk in chunks:
