@@ -445,9 +445,10 @@ class _Stream:
 
     def _bdat_pieces(self, txn: _Txn) -> Iterator[tuple[bytes, bool]]:
         """BDAT chunks of at most BDAT_CHUNK octets, the last one flagged."""
-        normalizer = LineEndingNormalizer()
+        source = _take_source(txn)
+        normalizer = LineEndingNormalizer(crlf=crlf_only(source))
         pending = bytearray()
-        for chunk in _take_source(txn)():
+        for chunk in source():
             pending += normalizer.feed(chunk)
             while len(pending) >= BDAT_CHUNK:
                 piece = bytes(pending[:BDAT_CHUNK])
