@@ -1,4 +1,6 @@
-"""Profile smtpsubmit on a workload: ``python -m bench.profile W1|W4|W5a [--top N] [--py-spy]``.
+"""Profile smtpsubmit on a workload: ``python -m bench.profile W1|W1s|W4|W5a [--top N] [--py-spy]``.
+
+For the stream (W1s) pass ``--client smtpsubmit-many`` (or ``smtpsubmit-many-async``).
 
 Starts its own smtp-sink, then runs the sync Client on the workload under
 cProfile and prints the top functions by own time and by cumulative time.
@@ -26,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("workload", choices=["W1", "W2", "W4", "W5a", "W5b"])
+    parser.add_argument("workload", choices=["W1", "W1s", "W2", "W4", "W5a", "W5b"])
     parser.add_argument("--client", default="smtpsubmit")
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--top", type=int, default=25)
