@@ -307,9 +307,7 @@ class Pool:
                 settle(jobs, batch, outcomes, self._limit, self.config.rate_retries)
                 call.notify_all()
 
-    def _send_batch(
-        self, conn: Conn[Client], batch: list[Job], jobs: Jobs
-    ) -> list[Outcome | None]:
+    def _send_batch(self, conn: Conn[Client], batch: list[Job], jobs: Jobs) -> list[Outcome | None]:
         """Send ``batch`` on ``conn``: an outcome per job, ``None`` for one never tried.
 
         Runs of messages go through one ``Client.send_many`` stream (pipelined:
