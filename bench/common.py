@@ -132,7 +132,8 @@ def cpu_seconds() -> float:
 #                 over ``conns`` connections (one connection = strictly sequential).
 # kind "attach":  one message with a ``file_size`` attachment, composed from a file and sent.
 # kind "stream":  as "send", but the runner makes the messages lazily (a generator) and
-#                 hands them to one ``Pool.send_many`` (W7: memory must not grow with count).
+#                 hands them to one ``Pool.send_iter`` or ``send_many`` (W7: memory must
+#                 not grow with count).
 # "counts":       per-client message counts where one count does not fit every client
 #                 (W8: over a slow link smtplib manages ~10 msg/s); ratios are per message.
 # "delay":        the one-way delay of a ``bench.delay.DelayProxy`` put in front of the server.
@@ -179,7 +180,12 @@ WORKLOADS: dict[str, dict[str, object]] = {
         "size": 2048,
         "rcpts": 1,
         "conns": 4,
-        "counts": {"pool-10k": 10_000, "pool-100k": 100_000},
+        "counts": {
+            "pool-10k": 10_000,
+            "pool-100k": 100_000,
+            "iter-10k": 10_000,
+            "iter-100k": 100_000,
+        },
     },
 }
 
@@ -193,7 +199,9 @@ QUICK: dict[str, dict[str, object]] = {
     "W5b": {"count": 20},
     "W6": {"count": 30},
     "W1s": {"count": 5000},
-    "W7": {"counts": {"pool-10k": 1000, "pool-100k": 10_000}},
+    "W7": {
+        "counts": {"pool-10k": 1000, "pool-100k": 10_000, "iter-10k": 1000, "iter-100k": 10_000}
+    },
 }
 
 DESCRIPTIONS = {
@@ -208,7 +216,7 @@ DESCRIPTIONS = {
     "W1s": "W1 as a stream: 20,000 x 2 KB, one connection (send_many)",
     "W8": "W1s over a 20 ms round trip (delay proxy) to smtp-sink: a DATA stream",
     "W8c": "W1s over a 20 ms round trip to Postfix with CHUNKING: BDAT, window 1/10/100",
-    "W7": "10,000 vs 100,000 x 2 KB through Pool.send_many (4 connections), lazy input",
+    "W7": "10,000 vs 100,000 x 2 KB through Pool.send_iter / send_many (4 connections), lazy",
 }
 
 

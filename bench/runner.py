@@ -10,6 +10,8 @@ Clients: ``smtpsubmit`` (sync Client), ``smtpsubmit-async`` (AsyncClient),
 ``smtpsubmit-many`` / ``smtpsubmit-many-async`` (the whole share in one ``send_many``),
 ``smtpsubmit-pool`` / ``smtpsubmit-pool-async`` (every message in one
 ``Pool.send_many`` / ``AsyncPool.send_many`` with ``--conns`` connections),
+``smtpsubmit-pool-iter`` / ``smtpsubmit-pool-iter-async`` (the same through
+``Pool.send_iter`` / ``AsyncPool.send_iter``: each outcome checked and dropped),
 ``smtplib`` (with ``email.message.EmailMessage`` where a message is composed)
 and ``aiosmtplib``. ``--window`` sets ``send_many``'s window (CHUNKING).
 Kind ``stream`` (W7) makes its messages lazily, in a generator, so the input
@@ -50,6 +52,8 @@ CLIENTS = (
     "smtpsubmit-many-async",
     "smtpsubmit-pool",
     "smtpsubmit-pool-async",
+    "smtpsubmit-pool-iter",
+    "smtpsubmit-pool-iter-async",
     "smtplib",
     "aiosmtplib",
 )
@@ -172,17 +176,33 @@ def send_smtpsubmit_many(
 def send_pool(
     port: int, items: Iterable[tuple[bytes, str, list[str]]], conns: int, client: str
 ) -> int:
-    """Every message in one ``Pool.send_many`` / ``AsyncPool.send_many`` over ``conns``."""
-    from smtpsubmit import AsyncPool, Pool
+    """Every message in one ``Pool.send_many`` / ``AsyncPool.send_many`` over ``conns``
+    (``-iter``: one ``send_iter``, each outcome checked and dropped as it comes)."""
+    from smtpsubmit import AsyncPool, Pool, SubmitResult
 
     server = _smtpsubmit_server(port)
     if client == "smtpsubmit-pool":
         with Pool(server, max_connections=conns) as pool:
             return _check(pool.send_many(items))
+    if client == "smtpsubmit-pool-iter":
+        done = 0
+        with Pool(server, max_connections=conns) as pool:
+            for outcome in pool.send_iter(items):
+                if not isinstance(outcome, SubmitResult):
+                    raise RuntimeError(f"message {done} failed: {outcome!r}")
+                done += 1
+        return done
 
     async def main() -> int:
         async with AsyncPool(server, max_connections=conns) as pool:
-            return _check(await pool.send_many(items))
+            if client == "smtpsubmit-pool-async":
+                return _check(await pool.send_many(items))
+            done = 0
+            async for outcome in pool.send_iter(items):
+                if not isinstance(outcome, SubmitResult):
+                    raise RuntimeError(f"message {done} failed: {outcome!r}")
+                done += 1
+            return done
 
     return asyncio.run(main())
 
