@@ -29,6 +29,7 @@ from smtpsubmit.pool._core import (
     Outcome,
     PoolConfig,
     Slots,
+    delivered,
     describe,
     hand_over,
     keep,
@@ -277,9 +278,11 @@ class AsyncPool:
         while done < len(batch) and not conn.retire and client.is_connected and not jobs.stopped:
             job = batch[done]
             if not job.prepaid:
-                job.granted_at = await self._limit.aacquire(self._cost(job))
+                job.grant = await self._limit._aacquire_grant(self._cost(job))
+                job.granted_at = job.grant.at
             if streamable(job.item) is None or len(batch) == 1:
                 outcomes[done] = await self._send_one(conn, job)
+                delivered(self._limit, job)
                 done += 1
                 continue
             feed = hand_over(
@@ -291,6 +294,7 @@ class AsyncPool:
             for outcome in await client.send_many(feed):
                 retire_after(conn, outcome)
                 outcomes[done] = outcome
+                delivered(self._limit, batch[done])
                 done += 1
             if left_unclean(client):
                 try:

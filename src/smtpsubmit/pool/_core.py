@@ -31,7 +31,7 @@ from smtpsubmit.errors import (
     SmtpError,
 )
 from smtpsubmit.message import Message
-from smtpsubmit.ratelimit import RateLimit, is_rate_refusal
+from smtpsubmit.ratelimit import Grant, RateLimit, is_rate_refusal
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Server
 
@@ -217,6 +217,7 @@ class Job:
     needs_fresh: bool = False
     granted_at: float | None = None
     prepaid: bool = False  # its rate token was taken before the call (Pool.reserve)
+    grant: Grant | None = None  # its place in the rate window, moved to its reply
 
 
 class Jobs:
@@ -396,6 +397,7 @@ def settle(
         if outcome is None:
             jobs.requeue(job)
             continue
+        delivered(limit, job)  # at the latest; the drivers do it as each reply comes
         if isinstance(outcome, SubmitResult):
             if any(is_rate_refusal(r) for r in outcome.refused.values()):
                 limit.slow_down(job.granted_at)
@@ -417,6 +419,14 @@ def settle(
             jobs.requeue(job)
         else:
             jobs.finish(job, outcome)
+
+
+def delivered(limit: RateLimit, job: Job) -> None:
+    """``job`` was answered now: its place in the rate window moves here (see
+    :mod:`smtpsubmit.ratelimit`), so arrivals, not only grants, keep to the limit."""
+    if job.grant is not None:
+        limit._delivered(job.grant)
+        job.grant = None
 
 
 def streamable(item: Item) -> object | None:
@@ -449,9 +459,10 @@ def hand_over(
         if n:
             if not alive() or conn.retire:
                 return
-            if limit.reserve(job.item.recipient_count() if recipients_limited else 1) > 0:
+            grant = limit._grant(job.item.recipient_count() if recipients_limited else 1)
+            if grant is None:
                 return
-            job.granted_at = limit.now()
+            job.grant, job.granted_at = grant, grant.at
         conn.sent += 1
         conn.fresh = False
         yield item

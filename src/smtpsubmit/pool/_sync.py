@@ -30,6 +30,7 @@ from smtpsubmit.pool._core import (
     Outcome,
     PoolConfig,
     Slots,
+    delivered,
     describe,
     hand_over,
     keep,
@@ -322,9 +323,11 @@ class Pool:
         while done < len(batch) and not conn.retire and client.is_connected and not jobs.stopped:
             job = batch[done]
             if not job.prepaid:
-                job.granted_at = self._limit.acquire(self._cost(job))
+                job.grant = self._limit._acquire_grant(self._cost(job))
+                job.granted_at = job.grant.at
             if streamable(job.item) is None or len(batch) == 1:
                 outcomes[done] = self._send_one(conn, job)
+                delivered(self._limit, job)
                 done += 1
                 continue
             feed = hand_over(
@@ -336,6 +339,7 @@ class Pool:
             for outcome in client.send_many(feed):
                 retire_after(conn, outcome)
                 outcomes[done] = outcome
+                delivered(self._limit, batch[done])
                 done += 1
             if left_unclean(client):
                 try:
