@@ -69,7 +69,7 @@ CLIENTS: dict[str, list[str]] = {
     "W8": ["smtpsubmit-many", "smtpsubmit", "smtplib", "smtp-source"],
     "W8c": ["many-w1", "many-w10", "many-w100", "smtplib", "smtp-source"],
     "W4s": ["smtpsubmit-many", "smtpsubmit-many-async", "smtplib", "smtp-source"],
-    "W6s": ["smtpsubmit-many", "smtplib", "smtp-source"],
+    "W6s": ["smtpsubmit-many", "smtpsubmit-many-nochunking", "smtplib", "smtp-source"],
     "RL": ["pool-rate"],
     "W7": ["iter-10k", "iter-100k", "pool-10k", "pool-100k"],
 }
@@ -79,6 +79,7 @@ LABELS = {
     "smtpsubmit-nochunking": "smtpsubmit, CHUNKING off (DATA)",
     "smtpsubmit-many": "smtpsubmit Client.send_many",
     "smtpsubmit-many-async": "smtpsubmit AsyncClient.send_many",
+    "smtpsubmit-many-nochunking": "smtpsubmit Client.send_many, CHUNKING off (DATA stream)",
     "smtplib": "smtplib",
     "aiosmtplib": "aiosmtplib",
     "smtp-source": "smtp-source (C)",

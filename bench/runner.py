@@ -7,7 +7,8 @@ and are the same for every client.
 
 Clients: ``smtpsubmit`` (sync Client), ``smtpsubmit-async`` (AsyncClient),
 ``smtpsubmit-nochunking`` (sync, ``disable_extensions={"CHUNKING"}``),
-``smtpsubmit-many`` / ``smtpsubmit-many-async`` (the whole share in one ``send_many``),
+``smtpsubmit-many`` / ``smtpsubmit-many-async`` (the whole share in one ``send_many``;
+``smtpsubmit-many-nochunking``: with ``disable_extensions={"CHUNKING"}``, a DATA stream),
 ``smtpsubmit-pool`` / ``smtpsubmit-pool-async`` (every message in one
 ``Pool.send_many`` / ``AsyncPool.send_many`` with ``--conns`` connections),
 ``smtpsubmit-pool-iter`` / ``smtpsubmit-pool-iter-async`` (the same through
@@ -63,6 +64,7 @@ CLIENTS = (
     "smtpsubmit-nochunking",
     "smtpsubmit-many",
     "smtpsubmit-many-async",
+    "smtpsubmit-many-nochunking",
     "smtpsubmit-pool",
     "smtpsubmit-pool-async",
     "smtpsubmit-pool-iter",
@@ -211,7 +213,7 @@ def send_smtpsubmit_many(
     """The whole share in one ``send_many`` call per connection (the stream)."""
     from smtpsubmit import AsyncClient, Client
 
-    server = _smtpsubmit_server(port)
+    server = _smtpsubmit_server(port, nochunking=client.endswith("nochunking"))
     kw: dict[str, int] = {} if window is None else {"window": window}
 
     def work(messages: list[bytes]) -> int:
@@ -222,7 +224,7 @@ def send_smtpsubmit_many(
         async with AsyncClient(server) as c:
             return _check(await c.send_many([(m, SENDER, rcpts) for m in messages], **kw))
 
-    if client == "smtpsubmit-many":
+    if client in ("smtpsubmit-many", "smtpsubmit-many-nochunking"):
         return _threads(work, shares)
 
     async def main() -> int:
