@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from smtpsubmit import AsyncPool, MessageError, Pool, Server, SubmitResult
+from smtpsubmit import AsyncPool, MessageError, Pool, RateLimit, Server, SubmitResult
 from smtpsubmit.pool._core import BATCH
 from smtpsubmit.reply import Reply
 from tests.test_pool import Counting, _subject_of, counted, make_messages
@@ -188,3 +189,21 @@ def test_a_result_is_slotted_and_shares_its_default_reply() -> None:
     assert one.refused is not two.refused  # the mutable defaults stay per instance
     with pytest.raises(AttributeError):
         one.size = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_stopping_while_workers_wait_for_the_rate_ends_within_one_wait(
+    driver: str, counted: tuple[Server, Counting]
+) -> None:
+    server, handler = counted
+    feed = Feed(make_messages(40))
+    limit = RateLimit(4, 1.0)
+    started = time.monotonic()
+    got, shown, left = consume(
+        driver, server, feed, stop_after=2, max_connections=2, rate_limit=limit
+    )
+    # Leaving the loop waits at most for a worker's current rate wait (under 1 s), then
+    # the message sent after the stop waits for its own token (under 1 s more).
+    assert time.monotonic() - started < 4.0
+    assert len(got) == 2 and left == [] and "busy=0 waiting=0" in shown
+    assert len(handler.received) <= 4 + 1  # one window's worth, and the one sent after

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sized
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sized
 from types import TracebackType
 from typing import Any
 
@@ -29,7 +29,6 @@ from smtpsubmit.pool._core import (
     Outcome,
     PoolConfig,
     Slots,
-    delivered,
     describe,
     hand_over,
     keep,
@@ -213,6 +212,12 @@ class AsyncPool:
 
     async def _work_loop(self, jobs: Jobs, call: asyncio.Condition | None) -> None:
         connect_refusals = 0
+
+        async def report(job: Job, outcome: Outcome) -> None:
+            """Settle each message as its outcome comes (send_iter yields it now)."""
+            settle(jobs, [job], [outcome], self._limit, self.config.rate_retries)
+            await _notify(call)
+
         while True:
             if not jobs.queued():
                 if jobs.exhausted() or call is None:
@@ -225,15 +230,7 @@ class AsyncPool:
                 conn = await self._checkout(jobs.wants_fresh(), jobs)
             except PoolTimeout as exc:
                 if jobs.active == 1:  # the last worker: nobody else will send the rest
-                    while not jobs.fail_rest(exc):
-                        if call is None:  # pragma: no cover - without a bound all fails now
-                            break
-                        async with call:
-                            call.notify_all()
-                            await call.wait_for(lambda: not jobs.full() or jobs.exhausted())
-                    if call is not None:
-                        async with call:
-                            call.notify_all()
+                    await _fail_rest(jobs, call, exc)
                 return
             except SmtpError as exc:  # could not connect
                 if is_rate_refusal(exc.reply) and connect_refusals < self.config.rate_retries:
@@ -253,36 +250,39 @@ class AsyncPool:
                 await self._checkin(conn)
                 continue
             try:
-                outcomes = await self._send_batch(conn, batch, jobs)
+                done = await self._send_batch(conn, batch, jobs, report)
             except BaseException:
                 conn.retire = True
                 await self._checkin(conn)
                 raise
             await self._checkin(conn)
-            settle(jobs, batch, outcomes, self._limit, self.config.rate_retries)
-            if call is not None:
-                async with call:
-                    call.notify_all()
+            for job in batch[done:]:  # never tried: queued again
+                jobs.requeue(job)
+            await _notify(call)
 
     async def _send_batch(
-        self, conn: Conn[AsyncClient], batch: list[Job], jobs: Jobs
-    ) -> list[Outcome | None]:
+        self,
+        conn: Conn[AsyncClient],
+        batch: list[Job],
+        jobs: Jobs,
+        report: Callable[[Job, Outcome], Awaitable[None]],
+    ) -> int:
         """Send ``batch`` on ``conn`` (the one place that talks to the client).
 
         As :meth:`Pool._send_batch`: runs of messages stream through one
         ``AsyncClient.send_many``, each message after its own rate token.
         """
         client = conn.client
-        outcomes: list[Outcome | None] = [None] * len(batch)
         done = 0
         while done < len(batch) and not conn.retire and client.is_connected and not jobs.stopped:
             job = batch[done]
             if not job.prepaid:
                 job.grant = await self._limit._aacquire_grant(self._cost(job))
                 job.granted_at = job.grant.at
+                if jobs.stopped:  # stopped during the wait: its token goes unused
+                    break
             if streamable(job.item) is None or len(batch) == 1:
-                outcomes[done] = await self._send_one(conn, job)
-                delivered(self._limit, job)
+                await report(job, await self._send_one(conn, job))
                 done += 1
                 continue
             feed = hand_over(
@@ -293,15 +293,14 @@ class AsyncPool:
             )
             for outcome in await client.send_many(feed):
                 retire_after(conn, outcome)
-                outcomes[done] = outcome
-                delivered(self._limit, batch[done])
+                await report(batch[done], outcome)
                 done += 1
             if left_unclean(client):
                 try:
                     await client.reset()
                 except SmtpError:
                     conn.retire = True
-        return outcomes
+        return done
 
     async def _send_one(self, conn: Conn[AsyncClient], job: Job) -> Outcome:
         conn.sent += 1
@@ -402,3 +401,21 @@ class AsyncPool:
             for conn in self._slots.expire(now):
                 await conn.client.close()
             await self._notify()
+
+
+async def _notify(call: asyncio.Condition | None) -> None:
+    """Wake ``send_iter``'s caller and workers (outcomes ready, or room)."""
+    if call is not None:
+        async with call:
+            call.notify_all()
+
+
+async def _fail_rest(jobs: Jobs, call: asyncio.Condition | None, error: PoolTimeout) -> None:
+    """The last worker gave up: fail the rest, as fast as the caller makes room."""
+    while not jobs.fail_rest(error):
+        if call is None:  # pragma: no cover - without a bound everything fails at once
+            break
+        async with call:
+            call.notify_all()
+            await call.wait_for(lambda: not jobs.full() or jobs.exhausted())
+    await _notify(call)

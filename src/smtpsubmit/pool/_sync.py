@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from types import TracebackType
 from typing import Any
 
@@ -30,7 +30,6 @@ from smtpsubmit.pool._core import (
     Outcome,
     PoolConfig,
     Slots,
-    delivered,
     describe,
     hand_over,
     keep,
@@ -259,6 +258,13 @@ class Pool:
 
     def _work_loop(self, jobs: Jobs, call: threading.Condition) -> None:
         connect_refusals = 0
+
+        def report(job: Job, outcome: Outcome) -> None:
+            """Settle each message as its outcome comes (send_iter yields it now)."""
+            with call:
+                settle(jobs, [job], [outcome], self._limit, self.config.rate_retries)
+                call.notify_all()
+
         while True:
             with call:
                 while not jobs.queued():
@@ -298,18 +304,26 @@ class Pool:
                 self._checkin(conn)
                 continue
             try:
-                outcomes = self._send_batch(conn, batch, jobs)
+                done = self._send_batch(conn, batch, jobs, report)
             except BaseException:
                 conn.retire = True
                 self._checkin(conn)
                 raise
             self._checkin(conn)
             with call:
-                settle(jobs, batch, outcomes, self._limit, self.config.rate_retries)
+                for job in batch[done:]:  # never tried: queued again
+                    jobs.requeue(job)
                 call.notify_all()
 
-    def _send_batch(self, conn: Conn[Client], batch: list[Job], jobs: Jobs) -> list[Outcome | None]:
-        """Send ``batch`` on ``conn``: an outcome per job, ``None`` for one never tried.
+    def _send_batch(
+        self,
+        conn: Conn[Client],
+        batch: list[Job],
+        jobs: Jobs,
+        report: Callable[[Job, Outcome], None],
+    ) -> int:
+        """Send ``batch`` on ``conn``, giving each outcome to ``report`` as it comes; returns
+        how many were tried (the rest, never started, go back to the queue).
 
         Runs of messages go through one ``Client.send_many`` stream (pipelined:
         one write per message, or none to wait for with CHUNKING); a batch of
@@ -318,16 +332,16 @@ class Pool:
         Once the call stops (``send_iter`` closed) nothing more is started.
         """
         client = conn.client
-        outcomes: list[Outcome | None] = [None] * len(batch)
         done = 0
         while done < len(batch) and not conn.retire and client.is_connected and not jobs.stopped:
             job = batch[done]
             if not job.prepaid:
                 job.grant = self._limit._acquire_grant(self._cost(job))
                 job.granted_at = job.grant.at
+                if jobs.stopped:  # stopped during the wait: its token goes unused
+                    break
             if streamable(job.item) is None or len(batch) == 1:
-                outcomes[done] = self._send_one(conn, job)
-                delivered(self._limit, job)
+                report(job, self._send_one(conn, job))
                 done += 1
                 continue
             feed = hand_over(
@@ -338,15 +352,14 @@ class Pool:
             )
             for outcome in client.send_many(feed):
                 retire_after(conn, outcome)
-                outcomes[done] = outcome
-                delivered(self._limit, batch[done])
+                report(batch[done], outcome)
                 done += 1
             if left_unclean(client):
                 try:
                     client.reset()
                 except SmtpError:
                     conn.retire = True
-        return outcomes
+        return done
 
     def _send_one(self, conn: Conn[Client], job: Job) -> Outcome:
         conn.sent += 1
