@@ -38,13 +38,13 @@ from bench.common import (
     write_random_file,
 )
 from bench.delay import DelayProxy
-from bench.servers import ROOT, SMTP_SOURCE, Postfix, Sink
+from bench.servers import ROOT, SMTP_SOURCE, Postfix, Sink, Stamps, window_counts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "smtplib"
 SEND_CLIENTS = ["smtpsubmit", "smtpsubmit-async", "smtplib", "aiosmtplib", "smtp-source"]
 POOL_CLIENTS = ["smtpsubmit-pool", "smtpsubmit-pool-async"]
-POSTFIX_WORKLOADS = {"W6", "W8c"}
+POSTFIX_WORKLOADS = {"W6", "W6s", "W8c"}
 # Bench-side client names that run a runner client with other settings: (client, --window).
 ALIASES: dict[str, tuple[str, int | None]] = {
     "many-w1": ("smtpsubmit-many", 1),
@@ -52,6 +52,9 @@ ALIASES: dict[str, tuple[str, int | None]] = {
     "many-w100": ("smtpsubmit-many", 100),
     "pool-10k": ("smtpsubmit-pool", None),
     "pool-100k": ("smtpsubmit-pool", None),
+    "iter-10k": ("smtpsubmit-pool-iter", None),
+    "iter-100k": ("smtpsubmit-pool-iter", None),
+    "pool-rate": ("smtpsubmit-pool-rate", None),
 }
 CLIENTS: dict[str, list[str]] = {
     "W1": SEND_CLIENTS,
@@ -65,7 +68,10 @@ CLIENTS: dict[str, list[str]] = {
     "W1s": ["smtpsubmit-many", "smtpsubmit-many-async", "smtplib", "smtp-source"],
     "W8": ["smtpsubmit-many", "smtpsubmit", "smtplib", "smtp-source"],
     "W8c": ["many-w1", "many-w10", "many-w100", "smtplib", "smtp-source"],
-    "W7": ["pool-10k", "pool-100k"],
+    "W4s": ["smtpsubmit-many", "smtpsubmit-many-async", "smtplib", "smtp-source"],
+    "W6s": ["smtpsubmit-many", "smtpsubmit-many-nochunking", "smtplib", "smtp-source"],
+    "RL": ["pool-rate"],
+    "W7": ["iter-10k", "iter-100k", "pool-10k", "pool-100k"],
 }
 LABELS = {
     "smtpsubmit": "smtpsubmit Client",
@@ -73,6 +79,7 @@ LABELS = {
     "smtpsubmit-nochunking": "smtpsubmit, CHUNKING off (DATA)",
     "smtpsubmit-many": "smtpsubmit Client.send_many",
     "smtpsubmit-many-async": "smtpsubmit AsyncClient.send_many",
+    "smtpsubmit-many-nochunking": "smtpsubmit Client.send_many, CHUNKING off (DATA stream)",
     "smtplib": "smtplib",
     "aiosmtplib": "aiosmtplib",
     "smtp-source": "smtp-source (C)",
@@ -81,6 +88,9 @@ LABELS = {
     "many-w100": "smtpsubmit Client.send_many, window=100",
     "pool-10k": "smtpsubmit Pool.send_many, 10,000 messages (1,000 --quick)",
     "pool-100k": "smtpsubmit Pool.send_many, 100,000 messages (10,000 --quick)",
+    "iter-10k": "smtpsubmit Pool.send_iter, 10,000 messages (1,000 --quick)",
+    "iter-100k": "smtpsubmit Pool.send_iter, 100,000 messages (10,000 --quick)",
+    "pool-rate": "smtpsubmit Pool(max_connections=8, rate_limit=RateLimit(200, 1.0)).send_iter",
 }
 W2_LABELS = {
     "smtpsubmit": "smtpsubmit Client x 20 threads",
@@ -114,7 +124,18 @@ TARGETS = [
     ("W2", "smtpsubmit-pool-async", "smtplib", "ratio", 2.0),
     ("W2", "smtpsubmit-pool", "smtplib", "ratio", 2.0),
     # peak RSS of the first client minus that of the second, at most (MiB)
-    ("W7", "pool-100k", "pool-10k", "rss-growth", 10.0),
+    # (send_iter: the stream keeps only what is in flight; send_many's row, which keeps
+    # every result, is in the table for comparison)
+    ("W7", "iter-100k", "iter-10k", "rss-growth", 10.0),
+    ("W4s", "smtpsubmit-many", "smtplib", "ratio", 6.0),
+    # W6s, the client's share of a stream the server paces: reply waits per message (at
+    # most), CPU per message against smtplib's (at most), throughput against smtp-source
+    ("W6s", "smtpsubmit-many", "", "waits", 0.1),
+    ("W6s", "smtpsubmit-many", "smtplib", "cpu-share", 0.5),
+    ("W6s", "smtpsubmit-many", "smtp-source", "ratio", 1.0),
+    # RL: messages in the first span (within 1 %), and the most in any 1-s window (at most)
+    ("RL", "pool-rate", "", "rate-total", 2000.0),
+    ("RL", "pool-rate", "", "rate-window", 200.0),
 ]
 
 
@@ -130,6 +151,7 @@ class Bench:
             self.specs[name] = spec
         self.sink: Sink | None = None
         self.postfix: Postfix | None = None
+        self.stamps: Stamps | None = None
         self.runs: list[dict[str, Any]] = []
         self.skipped: dict[str, str] = {}
         self.files: dict[str, Path] = {}
@@ -244,11 +266,13 @@ class Bench:
 
     def run_one(self, rnd: int, name: str, client: str) -> None:
         spec = self.specs[name]
-        server: Sink | Postfix | None = None
+        server: Sink | Postfix | Stamps | None = None
         if spec["kind"] in ("send", "attach", "stream"):
             server = self.postfix if name in POSTFIX_WORKLOADS else self.sink
+        elif spec["kind"] == "rate":
+            server = self.stamps
         before = 0
-        if isinstance(server, Sink):
+        if isinstance(server, Sink | Stamps):
             before = server.messages()
         elif isinstance(server, Postfix):
             before = server.delivered()
@@ -270,13 +294,18 @@ class Bench:
         record["round"] = rnd
         if "error" not in record and server is not None:
             expected = before + int(record["messages"])
-            if isinstance(server, Sink):
+            if isinstance(server, Sink | Stamps):
                 seen = server.wait_for_messages(expected) - before
             else:
                 seen = server.wait_for_delivered(expected) - before
             record["server_received"] = seen
             if seen != record["messages"]:
                 record["error"] = f"the server got {seen} of {record['messages']} messages"
+            if isinstance(server, Stamps):
+                in_span, most = window_counts(
+                    server.since(before), float(spec["span"]), float(spec["per"])
+                )
+                record["in_span"], record["max_window"] = in_span, most
         record["throughput"] = throughput(record, spec)
         self.runs.append(record)
         if "error" in record:
@@ -284,9 +313,22 @@ class Bench:
         else:
             unit = unit_of(spec)
             rss = record.get("vmhwm_kib")
+            waits = record.get("waits")
+            if waits is not None:
+                record["round_trips"] = waits - record["window_waits"] - record["drain_waits"]
+            n = record["messages"] or 1
             log(
                 f"  {name:6} {client:22} {record['throughput']:10.1f} {unit:5} "
                 f"cpu {record['cpu_s']:6.2f} s  peak {(rss or 0) / 1024:6.1f} MiB"
+                + (
+                    f"  waits/msg {waits / n:.3f} (window {record['window_waits'] / n:.3f}, "
+                    f"drain {record['drain_waits'] / n:.3f}, round trips "
+                    f"{record['round_trips'] / n:.3f})"
+                    if waits is not None
+                    else ""
+                )
+                + (f"  in span {record['in_span']}" if "in_span" in record else "")
+                + (f"  max window {record['max_window']}" if "max_window" in record else "")
             )
 
     # -- the whole run ----------------------------------------------------------------------
@@ -300,6 +342,9 @@ class Bench:
         if needs_sink:
             self.sink = Sink(self.workdir)
             log(f"smtp-sink on port {self.sink.port}: {self.sink.command}")
+        if any(s["kind"] == "rate" for s in self.specs.values()):
+            self.stamps = Stamps()
+            log(f"RL server: {self.stamps.command}")
         if POSTFIX_WORKLOADS & set(self.specs):
             try:
                 self.postfix = Postfix()
@@ -325,6 +370,9 @@ class Bench:
         if self.postfix is not None:
             self.postfix.stop()
             self.postfix = None
+        if self.stamps is not None:
+            self.stamps.stop()
+            self.stamps = None
 
 
 # -- numbers ------------------------------------------------------------------------------------
@@ -370,6 +418,11 @@ def rss_growth(rows: list[dict[str, Any]], name: str, client: str, against: str)
     return float(peaks[client] - peaks[against])
 
 
+def _median_per_msg(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] / r["messages"] for r in runs if r.get(key) is not None and r["messages"]]
+    return statistics.median(values) if values else None
+
+
 def summarize(bench: Bench) -> list[dict[str, Any]]:
     rows = []
     for name, spec in bench.specs.items():
@@ -392,6 +445,13 @@ def summarize(bench: Bench) -> list[dict[str, Any]]:
                     "vs_smtplib": ratio(bench.runs, name, client, BASELINE),
                     "cpu_s": statistics.median([r["cpu_s"] for r in ok]) if ok else None,
                     "peak_rss_mib": max(rss) / 1024 if rss else None,
+                    "waits_per_msg": _median_per_msg(ok, "waits"),
+                    "round_trips_per_msg": _median_per_msg(ok, "round_trips"),
+                    "cpu_per_msg": _median_per_msg(ok, "cpu_s"),
+                    "in_span": min((r["in_span"] for r in ok if "in_span" in r), default=None),
+                    "max_window": max(
+                        (r["max_window"] for r in ok if "max_window" in r), default=None
+                    ),
                 }
             )
     return rows
@@ -409,6 +469,8 @@ def check_targets(bench: Bench, rows: list[dict[str, Any]]) -> list[dict[str, An
             value = rss_growth(rows, name, client, against)
             text = f"{name}: peak RSS, {label(name, client)} minus {label(name, against)}"
             text += f" < {goal:g} MiB"
+        elif what in ("waits", "cpu-share", "rate-total", "rate-window"):
+            value, text = _row_target(rows, name, client, against, what, goal)
         else:
             row = next((r for r in rows if r["workload"] == name and r["client"] == client), None)
             value = row["peak_rss_mib"] if row else None
@@ -416,8 +478,30 @@ def check_targets(bench: Bench, rows: list[dict[str, Any]]) -> list[dict[str, An
         met = None if value is None else (value >= goal if what == "ratio" else value <= goal)
         if what == "rss-growth" and value is not None:
             met = value < goal
+        if what == "rate-total" and value is not None:
+            met = abs(value - goal) <= goal / 100
         out.append({"target": text, "value": value, "goal": goal, "what": what, "met": met})
     return out
+
+
+def _row_target(
+    rows: list[dict[str, Any]], name: str, client: str, against: str, what: str, goal: float
+) -> tuple[float | None, str]:
+    """The value and wording of a target read from the summary rows."""
+    row = next((r for r in rows if r["workload"] == name and r["client"] == client), None)
+    who = label(name, client)
+    if what == "waits":
+        value = row and row["round_trips_per_msg"]
+        return value, f"{name}: {who}, round trips waited per message < {goal:g}"
+    if what == "cpu-share":
+        other = next((r for r in rows if r["workload"] == name and r["client"] == against), None)
+        mine, theirs = row and row["cpu_per_msg"], other and other["cpu_per_msg"]
+        value = mine / theirs if mine is not None and theirs else None
+        return value, f"{name}: {who}, CPU per message <= {goal:g} x {label(name, against)}'s"
+    if what == "rate-total":
+        text = f"{name}: {who}, delivered in the first 10 s = {goal:,.0f} +- 1 %"
+        return (row and row["in_span"]), text
+    return (row and row["max_window"]), f"{name}: {who}, most in any 1-s window <= {goal:g}"
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -483,6 +567,12 @@ def markdown(bench: Bench, meta: dict[str, Any], rows: list[dict[str, Any]], tar
         elif t["what"] == "rss-growth":
             measured = f"{t['value']:+.1f} MiB"
             met = "yes" if t["met"] else f"**no** ({t['value'] - t['goal']:.1f} MiB over)"
+        elif t["what"] in ("waits", "cpu-share"):
+            measured = f"{t['value']:.3f}" if t["what"] == "waits" else f"{t['value']:.2f}x"
+            met = "yes" if t["met"] else f"**no** ({t['value'] / t['goal']:.1f}x the limit)"
+        elif t["what"] in ("rate-total", "rate-window"):
+            measured = f"{t['value']:,.0f}"
+            met = "yes" if t["met"] else "**no**"
         else:
             measured = f"{t['value']:.1f} MiB"
             met = "yes" if t["met"] else "**no**"
@@ -583,7 +673,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--big", action="store_true", help="also W3 with a 500 MB attachment")
     parser.add_argument(
         "--only",
-        help="comma-separated workloads to run (W1,W2,W3,W3-big,W4,W5a,W5b,W6,W1s,W8,W8c,W7)",
+        help="comma-separated workloads to run "
+        "(W1,W2,W3,W3-big,W4,W5a,W5b,W6,W1s,W8,W8c,W4s,W6s,RL,W7)",
     )
     parser.add_argument("--clients", help="comma-separated clients to run (default: all)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no files")

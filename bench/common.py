@@ -132,10 +132,15 @@ def cpu_seconds() -> float:
 #                 over ``conns`` connections (one connection = strictly sequential).
 # kind "attach":  one message with a ``file_size`` attachment, composed from a file and sent.
 # kind "stream":  as "send", but the runner makes the messages lazily (a generator) and
-#                 hands them to one ``Pool.send_many`` (W7: memory must not grow with count).
+#                 hands them to one ``Pool.send_iter`` or ``send_many`` (W7: memory must
+#                 not grow with count).
 # "counts":       per-client message counts where one count does not fit every client
 #                 (W8: over a slow link smtplib manages ~10 msg/s); ratios are per message.
 # "delay":        the one-way delay of a ``bench.delay.DelayProxy`` put in front of the server.
+# kind "rate":    ``count`` messages through one ``Pool`` of ``conns`` connections with
+#                 ``RateLimit(rate, per)``, into a server that timestamps each delivery: the
+#                 first ``span`` seconds must hold ``rate * span / per`` messages, and no
+#                 ``per``-second window more than ``rate`` (RL).
 # kind "compose": ``count`` text+HTML messages composed to bytes (no network).
 # kind "compose-attach": ``count`` messages with a ``file_size`` attachment, to bytes.
 
@@ -173,13 +178,30 @@ WORKLOADS: dict[str, dict[str, object]] = {
             "many-w100": 2000,
         },
     },
+    "W4s": {"kind": "send", "count": 2000, "size": 2048, "rcpts": 10, "conns": 1},
+    "W6s": {"kind": "send", "count": 2000, "size": 2048, "rcpts": 1, "conns": 1},
+    "RL": {
+        "kind": "rate",
+        "count": 2200,
+        "size": 2048,
+        "rcpts": 1,
+        "conns": 8,
+        "rate": 200,
+        "per": 1.0,
+        "span": 10.0,
+    },
     "W7": {
         "kind": "stream",
         "count": 100_000,
         "size": 2048,
         "rcpts": 1,
         "conns": 4,
-        "counts": {"pool-10k": 10_000, "pool-100k": 100_000},
+        "counts": {
+            "pool-10k": 10_000,
+            "pool-100k": 100_000,
+            "iter-10k": 10_000,
+            "iter-100k": 100_000,
+        },
     },
 }
 
@@ -193,7 +215,12 @@ QUICK: dict[str, dict[str, object]] = {
     "W5b": {"count": 20},
     "W6": {"count": 30},
     "W1s": {"count": 5000},
-    "W7": {"counts": {"pool-10k": 1000, "pool-100k": 10_000}},
+    "W4s": {"count": 1000},
+    "W6s": {"count": 300},
+    "RL": {"count": 440, "span": 2.0},
+    "W7": {
+        "counts": {"pool-10k": 1000, "pool-100k": 10_000, "iter-10k": 1000, "iter-100k": 10_000}
+    },
 }
 
 DESCRIPTIONS = {
@@ -208,7 +235,10 @@ DESCRIPTIONS = {
     "W1s": "W1 as a stream: 20,000 x 2 KB, one connection (send_many)",
     "W8": "W1s over a 20 ms round trip (delay proxy) to smtp-sink: a DATA stream",
     "W8c": "W1s over a 20 ms round trip to Postfix with CHUNKING: BDAT, window 1/10/100",
-    "W7": "10,000 vs 100,000 x 2 KB through Pool.send_many (4 connections), lazy input",
+    "W4s": "W4 as a stream: 2,000 x 2 KB, 10 recipients, one connection (send_many)",
+    "W6s": "a stream of 2,000 x 2 KB into real Postfix smtpd with CHUNKING: the client's share",
+    "RL": "RateLimit(messages=200, per=1.0), 8 connections, 2,200 messages: 10 s at the limit",
+    "W7": "10,000 vs 100,000 x 2 KB through Pool.send_iter / send_many (4 connections), lazy",
 }
 
 

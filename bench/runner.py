@@ -7,13 +7,28 @@ and are the same for every client.
 
 Clients: ``smtpsubmit`` (sync Client), ``smtpsubmit-async`` (AsyncClient),
 ``smtpsubmit-nochunking`` (sync, ``disable_extensions={"CHUNKING"}``),
-``smtpsubmit-many`` / ``smtpsubmit-many-async`` (the whole share in one ``send_many``),
+``smtpsubmit-many`` / ``smtpsubmit-many-async`` (the whole share in one ``send_many``;
+``smtpsubmit-many-nochunking``: with ``disable_extensions={"CHUNKING"}``, a DATA stream),
 ``smtpsubmit-pool`` / ``smtpsubmit-pool-async`` (every message in one
 ``Pool.send_many`` / ``AsyncPool.send_many`` with ``--conns`` connections),
+``smtpsubmit-pool-iter`` / ``smtpsubmit-pool-iter-async`` (the same through
+``Pool.send_iter`` / ``AsyncPool.send_iter``: each outcome checked and dropped),
 ``smtplib`` (with ``email.message.EmailMessage`` where a message is composed)
 and ``aiosmtplib``. ``--window`` sets ``send_many``'s window (CHUNKING).
 Kind ``stream`` (W7) makes its messages lazily, in a generator, so the input
-itself costs no memory.
+itself costs no memory. Kind ``rate`` (RL): ``smtpsubmit-pool-rate`` sends through
+one ``Pool`` with a ``RateLimit``.
+
+The sync smtpsubmit clients also count their *reply waits*: each read of a
+reply is checked first with a zero-timeout ``select``, and one that finds
+nothing to read is a wait (the client blocks on the server); the check costs
+about a microsecond per read. In a ``send_many`` stream a wait is further told
+apart by why the stream read: its CHUNKING window was full (``window_waits``:
+the server sets the pace, the client has sent all it may), the stream was
+ending (``drain_waits``: the last replies), or neither — a *round trip* the
+protocol made the client wait for (``waits`` minus both). The reasons are read
+from the stream's own decisions (``_window_full``, ``_finish``); if those change
+name, every wait counts as a round trip, never the other way round.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import select
 import sys
 import threading
 import time
@@ -48,8 +64,12 @@ CLIENTS = (
     "smtpsubmit-nochunking",
     "smtpsubmit-many",
     "smtpsubmit-many-async",
+    "smtpsubmit-many-nochunking",
     "smtpsubmit-pool",
     "smtpsubmit-pool-async",
+    "smtpsubmit-pool-iter",
+    "smtpsubmit-pool-iter-async",
+    "smtpsubmit-pool-rate",
     "smtplib",
     "aiosmtplib",
 )
@@ -57,6 +77,50 @@ TIMEOUT = 60.0
 
 
 # -- sending ready messages (W1, W2, W4, W6) ----------------------------------------------
+
+
+WAITS = {"reads": 0, "waits": 0, "window_waits": 0, "drain_waits": 0}
+_WHY = {"window": False, "drain": False}
+
+
+def count_reply_waits() -> None:
+    """Wrap the sync transport's reply read: count reads, and those that had to wait."""
+    from smtpsubmit import batch
+    from smtpsubmit.transport import SyncStream
+
+    receive = SyncStream.receive
+
+    def counted(self: Any, stage: str, timeout: float) -> bytes:
+        WAITS["reads"] += 1
+        if not select.select([self._sock], [], [], 0)[0]:
+            WAITS["waits"] += 1
+            if _WHY["drain"]:
+                WAITS["drain_waits"] += 1
+            elif _WHY["window"]:
+                WAITS["window_waits"] += 1
+        _WHY["window"] = False
+        return receive(self, stage, timeout)
+
+    SyncStream.receive = counted  # type: ignore[method-assign]
+    stream = getattr(batch, "_Stream", None)
+    window_full = getattr(stream, "_window_full", None)
+    finish = getattr(stream, "_finish", None)
+    if stream is None or window_full is None or finish is None:
+        return
+
+    def full(self: Any, txn: Any, divisor: int) -> bool:
+        _WHY["window"] = result = window_full(self, txn, divisor)
+        return bool(result)
+
+    def finishing(self: Any) -> Any:
+        _WHY["drain"] = True
+        try:
+            return (yield from finish(self))
+        finally:
+            _WHY["drain"] = False
+
+    stream._window_full = full
+    stream._finish = finishing
 
 
 def _split(items: list[bytes], parts: int) -> list[list[bytes]]:
@@ -149,7 +213,7 @@ def send_smtpsubmit_many(
     """The whole share in one ``send_many`` call per connection (the stream)."""
     from smtpsubmit import AsyncClient, Client
 
-    server = _smtpsubmit_server(port)
+    server = _smtpsubmit_server(port, nochunking=client.endswith("nochunking"))
     kw: dict[str, int] = {} if window is None else {"window": window}
 
     def work(messages: list[bytes]) -> int:
@@ -160,7 +224,7 @@ def send_smtpsubmit_many(
         async with AsyncClient(server) as c:
             return _check(await c.send_many([(m, SENDER, rcpts) for m in messages], **kw))
 
-    if client == "smtpsubmit-many":
+    if client in ("smtpsubmit-many", "smtpsubmit-many-nochunking"):
         return _threads(work, shares)
 
     async def main() -> int:
@@ -172,19 +236,51 @@ def send_smtpsubmit_many(
 def send_pool(
     port: int, items: Iterable[tuple[bytes, str, list[str]]], conns: int, client: str
 ) -> int:
-    """Every message in one ``Pool.send_many`` / ``AsyncPool.send_many`` over ``conns``."""
-    from smtpsubmit import AsyncPool, Pool
+    """Every message in one ``Pool.send_many`` / ``AsyncPool.send_many`` over ``conns``
+    (``-iter``: one ``send_iter``, each outcome checked and dropped as it comes)."""
+    from smtpsubmit import AsyncPool, Pool, SubmitResult
 
     server = _smtpsubmit_server(port)
     if client == "smtpsubmit-pool":
         with Pool(server, max_connections=conns) as pool:
             return _check(pool.send_many(items))
+    if client == "smtpsubmit-pool-iter":
+        done = 0
+        with Pool(server, max_connections=conns) as pool:
+            for outcome in pool.send_iter(items):
+                if not isinstance(outcome, SubmitResult):
+                    raise RuntimeError(f"message {done} failed: {outcome!r}")
+                done += 1
+        return done
 
     async def main() -> int:
         async with AsyncPool(server, max_connections=conns) as pool:
-            return _check(await pool.send_many(items))
+            if client == "smtpsubmit-pool-async":
+                return _check(await pool.send_many(items))
+            done = 0
+            async for outcome in pool.send_iter(items):
+                if not isinstance(outcome, SubmitResult):
+                    raise RuntimeError(f"message {done} failed: {outcome!r}")
+                done += 1
+            return done
 
     return asyncio.run(main())
+
+
+def send_rate(
+    port: int, items: Iterable[tuple[bytes, str, list[str]]], conns: int, rate: int, per: float
+) -> int:
+    """RL: every message through one ``Pool`` sharing ``RateLimit(rate, per)``."""
+    from smtpsubmit import Pool, RateLimit, SubmitResult
+
+    done = 0
+    limit = RateLimit(rate, per)
+    with Pool(_smtpsubmit_server(port), max_connections=conns, rate_limit=limit) as pool:
+        for outcome in pool.send_iter(items):
+            if not isinstance(outcome, SubmitResult):
+                raise RuntimeError(f"message {done} failed: {outcome!r}")
+            done += 1
+    return done
 
 
 def lazy_items(
@@ -375,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     bodies: Bodies = []
     if kind == "compose":
         bodies = make_bodies(int(spec["count"]))  # type: ignore[call-overload]
-    if kind in ("send", "stream"):
+    if args.client.startswith("smtpsubmit") and not args.client.endswith("async"):
+        count_reply_waits()
+    if kind in ("send", "stream", "rate"):
         count, size = int(spec["count"]), int(spec["size"])  # type: ignore[call-overload]
         rcpts = recipients(int(spec["rcpts"]), args.to)  # type: ignore[call-overload]
     if kind == "send":
@@ -384,7 +482,16 @@ def main(argv: list[str] | None = None) -> int:
     rss_base = status_kib("VmRSS")
 
     cpu0, t0 = cpu_seconds(), time.perf_counter()
-    if kind == "stream":
+    if kind == "rate":
+        done = send_rate(
+            args.port,
+            lazy_items(count, size, rcpts, args.to),
+            int(spec["conns"]),  # type: ignore[call-overload]
+            int(spec["rate"]),  # type: ignore[call-overload]
+            float(spec["per"]),  # type: ignore[arg-type]
+        )
+        octets = count * size
+    elif kind == "stream":
         conns = int(spec["conns"])  # type: ignore[call-overload]
         done = send_pool(args.port, lazy_items(count, size, rcpts, args.to), conns, args.client)
         octets = count * size
@@ -424,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         "vmhwm_kib": status_kib("VmHWM"),
         "pid": os.getpid(),
     }
+    if WAITS["reads"]:
+        record.update(WAITS)
     print(json.dumps(record), flush=True)
     return 0
 

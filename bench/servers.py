@@ -134,3 +134,69 @@ class Postfix:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+class Stamps:
+    """aiosmtpd on 127.0.0.1 (a free port, in a thread of the orchestrator) that records
+    when each message's data was accepted, for the rate-limit workload (RL).
+
+    The stamps are taken by the server, not the client: what the limit must hold
+    is what the receiving side counts (as Postfix's anvil does).
+    """
+
+    def __init__(self) -> None:
+        import threading
+        import warnings
+
+        from aiosmtpd.controller import Controller
+
+        stamps: list[float] = []
+        lock = threading.Lock()
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+                with lock:
+                    stamps.append(time.monotonic())
+                return "250 2.0.0 OK"
+
+        self.stamps = stamps
+        self._lock = lock
+        self.port = free_port()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.controller = Controller(
+                Handler(), hostname="127.0.0.1", port=self.port, ready_timeout=10.0
+            )
+            self.controller.start()
+        self.command = f"aiosmtpd (timestamps each delivery) on 127.0.0.1:{self.port}"
+
+    def messages(self) -> int:
+        with self._lock:
+            return len(self.stamps)
+
+    def wait_for_messages(self, expected: int, timeout: float = 5) -> int:
+        deadline = time.monotonic() + timeout
+        while (seen := self.messages()) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return seen
+
+    def since(self, start: int) -> list[float]:
+        with self._lock:
+            return sorted(self.stamps[start:])
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+def window_counts(stamps: list[float], span: float, per: float) -> tuple[int, int]:
+    """(messages in the first ``span`` seconds from the first, most in any ``per`` window)."""
+    if not stamps:
+        return 0, 0
+    first = stamps[0]
+    in_span = sum(1 for t in stamps if t - first < span)
+    most, lo = 0, 0
+    for hi, t in enumerate(stamps):  # every window that ends at a delivery
+        while t - stamps[lo] >= per:
+            lo += 1
+        most = max(most, hi - lo + 1)
+    return in_span, most

@@ -110,6 +110,41 @@ def test_a_burst_of_messages_then_a_wait_of_per_seconds() -> None:
     assert limit.reserve() == 0.0
 
 
+def test_a_delivered_message_holds_its_place_until_per_after_its_reply() -> None:
+    """What the server counts is arrivals: a grant answered at 0.4 s counts until 1.4 s."""
+    clock = FakeClock()
+    limit = RateLimit(1, 1.0, clock=clock)
+    grant = limit._grant()
+    assert grant is not None and limit._grant() is None
+    clock.now += 0.4
+    limit._delivered(grant)
+    limit._delivered(grant)  # once only
+    clock.now += 0.6
+    assert limit.reserve() == pytest.approx(0.4)  # without the reply it would go now
+    clock.now += 0.41
+    assert limit.reserve() == 0.0
+
+
+def test_a_grant_never_delivered_expires_as_before() -> None:
+    clock = FakeClock()
+    limit = RateLimit(2, 1.0, recipients=3, clock=clock)
+    assert limit._grant(2) is not None
+    clock.now += 1.0
+    assert limit._grant(3) is not None  # both windows free again
+    clock.now += 0.5
+    assert limit.reserve(1) == pytest.approx(0.5)  # 3 recipient units in (0.5, 1.5]
+
+
+def test_a_reply_after_more_than_per_counts_the_message_again_from_the_reply() -> None:
+    clock = FakeClock()
+    limit = RateLimit(1, 1.0, clock=clock)
+    slow = limit._grant()
+    assert slow is not None
+    clock.now += 1.5  # still in flight; its entry expired
+    limit._delivered(slow)
+    assert limit.reserve() == pytest.approx(1.0)  # counted from its reply on
+
+
 def test_connections_per_minute_is_a_60_second_window() -> None:
     clock = FakeClock()
     limit = RateLimit(100, 1.0, connections_per_minute=2, clock=clock)

@@ -10,7 +10,17 @@ limit. That is exact — no window of length ``per`` ever holds more than
 at a refill boundary, where it lets through up to twice as many — and it
 handles weighted grants (a message with five recipients takes five recipient
 units) without rounding. Its memory is one entry per grant still inside its
-window, so at most the limit.
+window, so at most the limit (twice that while messages are in flight).
+
+What the server counts is when a message *arrives*, a little after it was let
+through, and that delay varies (a burst queued behind itself, a busy server),
+so grants spaced correctly can still arrive bunched. A pool therefore moves a
+message's entry to the moment its reply came (:meth:`RateLimit._delivered`):
+the message holds its place in the window from its grant until ``per``
+seconds after its reply. Any ``per`` window of arrivals then holds at most
+the limit — for the last message granted among them, every other one was
+either still in flight or answered inside that window, so it was counted —
+and a grant never delivered simply expires as before.
 
 Adaptive backoff: a 421/450/451/452 whose text says the client is too fast
 ("too many", "too much", "rate", "throttled") slows the limit down by itself —
@@ -58,20 +68,22 @@ def is_rate_refusal(reply: Reply | None) -> bool:
 class _Window:
     """A sliding-window log: at most ``limit`` units in any ``per`` seconds."""
 
-    __slots__ = ("_costs", "_times", "_total", "limit", "per")
+    __slots__ = ("_log", "_total", "limit", "per")
 
     def __init__(self, limit: int, per: float) -> None:
         self.limit = limit
         self.per = per
-        self._times: deque[float] = deque()
-        self._costs: deque[int] = deque()
+        # [time, units counted, units granted], oldest first; an entry moved to a later
+        # time (``touch``) keeps its place with 0 units counted.
+        self._log: deque[list[float]] = deque()
         self._total = 0
 
     def _expire(self, now: float) -> None:
-        times, costs = self._times, self._costs
-        while times and now - times[0] >= self.per:
-            times.popleft()
-            self._total -= costs.popleft()
+        log = self._log
+        while log and now - log[0][0] >= self.per:
+            entry = log.popleft()
+            self._total -= int(entry[1])
+            entry[1] = 0
 
     def wait(self, now: float, cost: int, limit: int) -> float:
         """Seconds until ``cost`` more units fit under ``limit`` (0: they fit now)."""
@@ -80,21 +92,44 @@ class _Window:
         if excess <= 0:
             return 0.0
         freed = 0
-        for stamp, units in zip(self._times, self._costs, strict=True):
-            freed += units
+        for stamp, units, _ in self._log:
+            freed += int(units)
             if freed >= excess:
                 return max(stamp + self.per - now, _EPSILON)
-        return max(self._times[-1] + self.per - now, _EPSILON)  # pragma: no cover
+        return max(self._log[-1][0] + self.per - now, _EPSILON)  # pragma: no cover
 
-    def add(self, now: float, cost: int, limit: int) -> None:
+    def add(self, now: float, cost: int, limit: int) -> list[float]:
         units = min(cost, limit)  # a message above the limit goes alone in its window
-        self._times.append(now)
-        self._costs.append(units)
+        entry = [now, units, units]
+        self._log.append(entry)
+        self._total += units
+        return entry
+
+    def touch(self, entry: list[float], now: float) -> None:
+        """Count ``entry``'s units from ``now`` on (its message was just answered).
+
+        Already expired (in flight longer than ``per``), it is counted again from
+        now: while in flight it should have counted all along."""
+        self._total -= int(entry[1])
+        entry[1] = 0
+        self._expire(now)
+        units = int(entry[2])
+        self._log.append([now, units, units])
         self._total += units
 
     @property
     def used(self) -> int:
         return self._total
+
+
+class Grant:
+    """One message let through: when, and its entries in the windows (to move them)."""
+
+    __slots__ = ("at", "entries")
+
+    def __init__(self, at: float, entries: list[tuple[_Window, list[float]]]) -> None:
+        self.at = at
+        self.entries = entries
 
 
 class _Limiter:
@@ -148,17 +183,29 @@ class _Limiter:
 
     def reserve_message(self, now: float, recipients: int = 1) -> float:
         """0.0 when a message may go now (and it is counted), else seconds to wait."""
+        return self.grant_message(now, recipients)[0]
+
+    def grant_message(self, now: float, recipients: int = 1) -> tuple[float, Grant | None]:
+        """As :meth:`reserve_message`, with the grant's entries when it was let through."""
         wait = self.pause_left(now)
         checks = ((self.messages, 1), (self.recipients, max(recipients, 1)))
         for window, cost in checks:
             if window is not None:
                 wait = max(wait, window.wait(now, cost, self._scaled(window, now)))
         if wait > 0:
-            return wait
-        for window, cost in checks:
-            if window is not None:
-                window.add(now, cost, self._scaled(window, now))
-        return 0.0
+            return wait, None
+        entries = [
+            (window, window.add(now, cost, self._scaled(window, now)))
+            for window, cost in checks
+            if window is not None
+        ]
+        return 0.0, Grant(now, entries)
+
+    def delivered(self, grant: Grant, now: float) -> None:
+        """The granted message was answered: it holds its place until ``now + per``."""
+        for window, entry in grant.entries:
+            window.touch(entry, now)
+        grant.entries = []  # once
 
     def reserve_connection(self, now: float) -> float:
         """0.0 when a new connection may be opened now (and it is counted), else a wait."""
@@ -224,6 +271,34 @@ class RateLimit:
         with self._lock:
             now = self._clock()
             return self._core.reserve_message(now, recipients), now
+
+    def _grant(self, recipients: int = 1) -> Grant | None:
+        """A grant now (``reserve`` that keeps the entries for :meth:`_delivered`), or None."""
+        with self._lock:
+            return self._core.grant_message(self._clock(), recipients)[1]
+
+    def _acquire_grant(self, recipients: int = 1) -> Grant:
+        """Block until a message may go (``acquire``, keeping the grant)."""
+        while True:
+            with self._lock:
+                wait, grant = self._core.grant_message(self._clock(), recipients)
+            if grant is not None:
+                return grant
+            time.sleep(wait)
+
+    async def _aacquire_grant(self, recipients: int = 1) -> Grant:
+        while True:
+            with self._lock:
+                wait, grant = self._core.grant_message(self._clock(), recipients)
+            if grant is not None:
+                return grant
+            await asyncio.sleep(wait)
+
+    def _delivered(self, grant: Grant | None) -> None:
+        """The message of ``grant`` was answered now (see the module docstring)."""
+        if grant is not None and grant.entries:
+            with self._lock:
+                self._core.delivered(grant, self._clock())
 
     def reserve_connection(self) -> float:
         with self._lock:

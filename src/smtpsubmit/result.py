@@ -9,7 +9,10 @@ from smtpsubmit.reply import Reply
 __all__ = ["Progress", "SubmitResult"]
 
 
-@dataclass(frozen=True)
+_OK = Reply(250)  # the default final reply, one object for every result (Reply is frozen)
+
+
+@dataclass(frozen=True, slots=True)
 class SubmitResult:
     """The outcome of one message: who accepted it and the server's final answer.
 
@@ -19,13 +22,16 @@ class SubmitResult:
     deferral) whose answer to the end of the data was lost: they may have got
     the message. They are also in ``refused``, with a synthetic 451 reply, so
     that code which retries ``refused`` keeps at-least-once delivery.
+
+    Slotted: a stream of results (``send_many``, ``Pool.send_iter``) keeps no
+    per-instance ``__dict__``.
     """
 
     message_id: str | None
     sender: str
     accepted: list[str]
     refused: dict[str, Reply] = field(default_factory=dict)
-    reply: Reply = field(default_factory=lambda: Reply(250))
+    reply: Reply = _OK
     size: int = 0
     unknown: list[str] = field(default_factory=list)
 

@@ -4,15 +4,18 @@ event loop.
 
 Same rules (:mod:`smtpsubmit.pool._core`), same arguments, same results; it
 waits on an ``asyncio.Condition`` and ``send_many`` runs one task per
-connection it may use.
+connection it may use. ``send_iter`` runs the same tasks while the caller
+takes the outcomes as they come.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import Iterable, Sized
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sized
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +45,8 @@ from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Server
 
 __all__ = ["AsyncPool"]
+
+log = logging.getLogger("smtpsubmit")
 
 
 class AsyncPool:
@@ -113,6 +118,69 @@ class AsyncPool:
             raise failed.exceptions[0] from None
         return jobs.outcomes()
 
+    async def send_iter(self, messages: Iterable[object]) -> AsyncIterator[Outcome]:
+        """``send_many`` as a stream; see :meth:`Pool.send_iter` for the rules.
+
+        Stopping early: leave the loop inside ``contextlib.aclosing(pool.send_iter(…))``
+        (or call ``aclose()``) and the messages in flight finish, nothing more
+        starts and the tasks end before ``aclose()`` returns. Cancelling the
+        caller cancels the tasks (their messages in flight end as a lost
+        connection does).
+        """
+        size = len(messages) if isinstance(messages, Sized) else self.config.max_connections
+        workers = max(1, min(self.config.max_connections, size))
+        jobs = Jobs(messages, workers, ahead=2 * workers * BATCH)
+        call = asyncio.Condition()
+        errors: list[BaseException] = []
+
+        async def run() -> None:
+            try:
+                await self._work(jobs, call)
+            except Exception as exc:
+                errors.append(exc)
+                jobs.stop()
+                async with call:
+                    call.notify_all()
+
+        tasks: list[asyncio.Task[None]] = []
+        pending: deque[Outcome] = deque()
+        try:
+            tasks = [asyncio.create_task(run()) for _ in range(workers)]
+            while True:
+                async with call:
+                    await call.wait_for(lambda: bool(jobs.ready) or not jobs.active or bool(errors))
+                    if errors:
+                        raise errors[0]
+                    pending.extend(jobs.pop_ready())
+                    call.notify_all()  # room for the workers
+                if not pending and not jobs.active:
+                    break
+                while pending:
+                    yield pending.popleft()
+            await asyncio.gather(*tasks)
+            if errors:
+                raise errors[0]
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
+        finally:
+            jobs.stop()
+            async with call:
+                call.notify_all()
+            if self._free is not None:
+                async with self._free:
+                    self._free.notify_all()  # a task waiting for a connection gives up
+            await asyncio.gather(*tasks, return_exceptions=True)
+            decided, unsent = jobs.unreported()
+            if decided + len(pending) or unsent:
+                log.info(
+                    "send_iter stopped early: %d message(s) sent whose outcome was not "
+                    "taken, %d drawn from the input and never sent",
+                    decided + len(pending),
+                    unsent,
+                )
+
     async def close(self) -> None:
         """Close the idle connections now and the busy ones when they come back."""
         idle = self._slots.close()
@@ -131,21 +199,38 @@ class AsyncPool:
 
     # -- one worker ---------------------------------------------------------------------
 
-    async def _work(self, jobs: Jobs) -> None:
+    async def _work(self, jobs: Jobs, call: asyncio.Condition | None = None) -> None:
+        """Send batches until none is left; ``call`` (``send_iter``) is notified whenever
+        outcomes are ready, and waited on while the caller has not made room."""
         try:
-            await self._work_loop(jobs)
+            await self._work_loop(jobs, call)
         finally:
             jobs.active -= 1
+            if call is not None:
+                async with call:
+                    call.notify_all()
 
-    async def _work_loop(self, jobs: Jobs) -> None:
+    async def _work_loop(self, jobs: Jobs, call: asyncio.Condition | None) -> None:
         connect_refusals = 0
-        while jobs.queued():
+
+        async def report(job: Job, outcome: Outcome) -> None:
+            """Settle each message as its outcome comes (send_iter yields it now)."""
+            settle(jobs, [job], [outcome], self._limit, self.config.rate_retries)
+            await _notify(call)
+
+        while True:
+            if not jobs.queued():
+                if jobs.exhausted() or call is None:
+                    return
+                async with call:  # send_iter: wait until the caller takes outcomes
+                    await call.wait_for(lambda: jobs.queued() or jobs.exhausted())
+                continue
             attempt_at = self._limit.now()
             try:
-                conn = await self._checkout(jobs.wants_fresh())
+                conn = await self._checkout(jobs.wants_fresh(), jobs)
             except PoolTimeout as exc:
                 if jobs.active == 1:  # the last worker: nobody else will send the rest
-                    jobs.fail_rest(exc)
+                    await _fail_rest(jobs, call, exc)
                 return
             except SmtpError as exc:  # could not connect
                 if is_rate_refusal(exc.reply) and connect_refusals < self.config.rate_retries:
@@ -155,6 +240,8 @@ class AsyncPool:
                 for job in jobs.take(1, fresh=True):
                     jobs.finish(job, exc)
                 continue
+            if conn is None:  # the call stopped while waiting for a connection
+                return
             connect_refusals = 0
             batch = jobs.take(
                 min(BATCH, self.config.max_messages_per_connection - conn.sent), conn.fresh
@@ -163,42 +250,57 @@ class AsyncPool:
                 await self._checkin(conn)
                 continue
             try:
-                outcomes = await self._send_batch(conn, batch)
+                done = await self._send_batch(conn, batch, jobs, report)
             except BaseException:
                 conn.retire = True
                 await self._checkin(conn)
                 raise
             await self._checkin(conn)
-            settle(jobs, batch, outcomes, self._limit, self.config.rate_retries)
+            for job in batch[done:]:  # never tried: queued again
+                jobs.requeue(job)
+            await _notify(call)
 
-    async def _send_batch(self, conn: Conn[AsyncClient], batch: list[Job]) -> list[Outcome | None]:
+    async def _send_batch(
+        self,
+        conn: Conn[AsyncClient],
+        batch: list[Job],
+        jobs: Jobs,
+        report: Callable[[Job, Outcome], Awaitable[None]],
+    ) -> int:
         """Send ``batch`` on ``conn`` (the one place that talks to the client).
 
         As :meth:`Pool._send_batch`: runs of messages stream through one
         ``AsyncClient.send_many``, each message after its own rate token.
         """
         client = conn.client
-        outcomes: list[Outcome | None] = [None] * len(batch)
         done = 0
-        while done < len(batch) and not conn.retire and client.is_connected:
+        while done < len(batch) and not conn.retire and client.is_connected and not jobs.stopped:
             job = batch[done]
             if not job.prepaid:
-                job.granted_at = await self._limit.aacquire(self._cost(job))
+                job.grant = await self._limit._aacquire_grant(self._cost(job))
+                job.granted_at = job.grant.at
+                if jobs.stopped:  # stopped during the wait: its token goes unused
+                    break
             if streamable(job.item) is None or len(batch) == 1:
-                outcomes[done] = await self._send_one(conn, job)
+                await report(job, await self._send_one(conn, job))
                 done += 1
                 continue
-            feed = hand_over(conn, batch[done:], self._limit, lambda: session_alive(client))
+            feed = hand_over(
+                conn,
+                batch[done:],
+                self._limit,
+                lambda: session_alive(client) and not jobs.stopped,
+            )
             for outcome in await client.send_many(feed):
                 retire_after(conn, outcome)
-                outcomes[done] = outcome
+                await report(batch[done], outcome)
                 done += 1
             if left_unclean(client):
                 try:
                     await client.reset()
                 except SmtpError:
                     conn.retire = True
-        return outcomes
+        return done
 
     async def _send_one(self, conn: Conn[AsyncClient], job: Job) -> Outcome:
         conn.sent += 1
@@ -219,7 +321,8 @@ class AsyncPool:
             self._free = asyncio.Condition()
         return self._free
 
-    async def _checkout(self, fresh: bool) -> Conn[AsyncClient]:
+    async def _checkout(self, fresh: bool, jobs: Jobs | None = None) -> Conn[AsyncClient] | None:
+        """A connection, or None once ``jobs`` stopped while waiting for one."""
         deadline = time.monotonic() + self.config.acquire_timeout
         to_close: list[Conn[AsyncClient]] = []
         free = self._condition()
@@ -228,6 +331,8 @@ class AsyncPool:
                 while True:
                     if self._slots.closed:
                         raise RuntimeError("the pool is closed")
+                    if jobs is not None and jobs.stopped:
+                        return None
                     now = time.monotonic()
                     got = self._slots.checkout(now, fresh, to_close)
                     if got is not False:
@@ -296,3 +401,21 @@ class AsyncPool:
             for conn in self._slots.expire(now):
                 await conn.client.close()
             await self._notify()
+
+
+async def _notify(call: asyncio.Condition | None) -> None:
+    """Wake ``send_iter``'s caller and workers (outcomes ready, or room)."""
+    if call is not None:
+        async with call:
+            call.notify_all()
+
+
+async def _fail_rest(jobs: Jobs, call: asyncio.Condition | None, error: PoolTimeout) -> None:
+    """The last worker gave up: fail the rest, as fast as the caller makes room."""
+    while not jobs.fail_rest(error):
+        if call is None:  # pragma: no cover - without a bound everything fails at once
+            break
+        async with call:
+            call.notify_all()
+            await call.wait_for(lambda: not jobs.full() or jobs.exhausted())
+    await _notify(call)

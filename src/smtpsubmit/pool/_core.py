@@ -31,7 +31,7 @@ from smtpsubmit.errors import (
     SmtpError,
 )
 from smtpsubmit.message import Message
-from smtpsubmit.ratelimit import RateLimit, is_rate_refusal
+from smtpsubmit.ratelimit import Grant, RateLimit, is_rate_refusal
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Server
 
@@ -217,32 +217,58 @@ class Job:
     needs_fresh: bool = False
     granted_at: float | None = None
     prepaid: bool = False  # its rate token was taken before the call (Pool.reserve)
+    grant: Grant | None = None  # its place in the rate window, moved to its reply
 
 
 class Jobs:
-    """One call's work queue and results. Callers serialise access (a lock for threads)."""
+    """One call's work queue and its outcomes. Callers serialise access (a lock for threads).
 
-    def __init__(self, items: Iterable[object], workers: int) -> None:
+    Outcomes are handed out in input order as soon as a message and every one
+    before it are decided (``ready``); one decided early waits in a small map
+    until the gap before it closes. With ``ahead`` set (``send_iter``), at most
+    that many messages are drawn from the input and not yet taken by the
+    caller: the workers wait for room, so memory stays flat however long the
+    input. ``stop`` ends the call early: nothing new is drawn or started.
+    """
+
+    def __init__(self, items: Iterable[object], workers: int, ahead: int | None = None) -> None:
         self._source: Iterator[object] | None = iter(items)
         self._retry: deque[Job] = deque()
-        self.results: list[Outcome | None] = []
+        self._early: dict[int, Outcome] = {}  # decided before an earlier message
+        self.ready: deque[Outcome] = deque()  # decided, in input order, not yet taken
+        self.drawn = 0  # items taken from the input: the next item's index
+        self.decided = 0  # messages 0 .. decided-1 are in ``ready`` or were taken
+        self.taken = 0  # outcomes the caller took (``pop_ready``)
+        self.ahead = ahead
+        self.stopped = False
         self.active = workers
 
     @classmethod
     def single(cls, item: Item, granted_at: float | None = None) -> Jobs:
         jobs = cls((), 1)
         jobs._source = None
-        jobs.results.append(None)
+        jobs.drawn = 1
         jobs._retry.append(Job(0, item, granted_at=granted_at, prepaid=granted_at is not None))
         return jobs
 
+    def full(self) -> bool:
+        """Whether drawing another item would run too far ahead of the caller."""
+        return self.ahead is not None and self.drawn - self.taken >= self.ahead
+
     def queued(self) -> bool:
-        """Whether a job is waiting (reads ahead one item, so an empty input opens nothing)."""
-        while not self._retry and self._source is not None:
+        """Whether a job is waiting now (reads ahead one item, so an empty input opens
+        nothing). False with :meth:`exhausted` False: wait until the caller makes room."""
+        while not self.stopped and not self._retry and self._source is not None:
+            if self.full():
+                return False
             job = self._next()
             if job is not None:
                 self._retry.append(job)
-        return bool(self._retry)
+        return not self.stopped and bool(self._retry)
+
+    def exhausted(self) -> bool:
+        """Nothing left to start: the input is drawn and no job is queued, or stopped."""
+        return self.stopped or (not self._retry and self._source is None)
 
     def wants_fresh(self) -> bool:
         return any(job.needs_fresh for job in self._retry)
@@ -251,6 +277,8 @@ class Jobs:
         """Up to ``n`` jobs: retries first; those needing a fresh connection only on one
         (all of them together: a stream lost mid-batch leaves several)."""
         out: list[Job] = []
+        if self.stopped:
+            return out
         if fresh:
             for job in [job for job in self._retry if job.needs_fresh][:n]:
                 self._retry.remove(job)
@@ -261,7 +289,7 @@ class Jobs:
             (kept if job.needs_fresh else out).append(job)
         kept.extend(self._retry)
         self._retry = kept
-        while len(out) < n and self._source is not None:
+        while len(out) < n and self._source is not None and not self.full():
             job_or_none = self._next()
             if job_or_none is not None:
                 out.append(job_or_none)
@@ -275,31 +303,64 @@ class Jobs:
         except StopIteration:
             self._source = None
             return None
-        index = len(self.results)
-        self.results.append(None)
+        index = self.drawn
+        self.drawn += 1
         try:
             return Job(index, normalise(raw))
         except MessageError as exc:
-            self.results[index] = exc
+            self._decide(index, exc)
             return None
 
     def requeue(self, job: Job) -> None:
         self._retry.appendleft(job)
 
     def finish(self, job: Job, outcome: Outcome) -> None:
-        self.results[job.index] = outcome
+        self._decide(job.index, outcome)
 
-    def fail_rest(self, error: SmtpError) -> None:
-        """The last worker gave up: every job not done gets (a copy of) ``error``."""
-        while self._retry or self._source is not None:
-            for job in self.take(BATCH, fresh=True):
+    def _decide(self, index: int, outcome: Outcome) -> None:
+        if index != self.decided:
+            self._early[index] = outcome
+            return
+        self.ready.append(outcome)
+        self.decided += 1
+        while self.decided in self._early:
+            self.ready.append(self._early.pop(self.decided))
+            self.decided += 1
+
+    def pop_ready(self) -> list[Outcome]:
+        """The outcomes decided in order since the last call; the caller now has them."""
+        out = list(self.ready)
+        self.ready.clear()
+        self.taken += len(out)
+        return out
+
+    def done(self) -> bool:
+        """Every drawn message is decided and the input is drawn (or the call stopped)."""
+        return self.exhausted() and self.decided == self.drawn
+
+    def stop(self) -> None:
+        """The caller stopped taking outcomes: start nothing more (in flight ends)."""
+        self.stopped = True
+        self._source = None
+
+    def unreported(self) -> tuple[int, int]:
+        """After a stop: (messages decided but never taken, drawn but never started)."""
+        return len(self.ready) + len(self._early), len(self._retry)
+
+    def fail_rest(self, error: SmtpError) -> bool:
+        """The last worker gave up: jobs not done get (a copy of) ``error`` as far as the
+        caller has room; True once nothing is left."""
+        while True:
+            batch = self.take(BATCH, fresh=True)
+            if not batch:
+                return self.exhausted()
+            for job in batch:
                 self.finish(job, _copy(error))
 
     def outcomes(self) -> list[Outcome]:
-        missing = [i for i, r in enumerate(self.results) if r is None]
-        if missing:  # pragma: no cover - a bug in the pool, never a server fault
-            raise RuntimeError(f"pool lost track of message(s) {missing[:5]}")
-        return self.results  # type: ignore[return-value]
+        if self.decided != self.drawn:  # pragma: no cover - a bug in the pool, never a fault
+            raise RuntimeError(f"pool lost track of {self.drawn - self.decided} message(s)")
+        return self.pop_ready()
 
 
 def _copy(error: SmtpError) -> SmtpError:
@@ -336,6 +397,7 @@ def settle(
         if outcome is None:
             jobs.requeue(job)
             continue
+        delivered(limit, job)  # at the latest; the drivers do it as each reply comes
         if isinstance(outcome, SubmitResult):
             if any(is_rate_refusal(r) for r in outcome.refused.values()):
                 limit.slow_down(job.granted_at)
@@ -357,6 +419,14 @@ def settle(
             jobs.requeue(job)
         else:
             jobs.finish(job, outcome)
+
+
+def delivered(limit: RateLimit, job: Job) -> None:
+    """``job`` was answered now: its place in the rate window moves here (see
+    :mod:`smtpsubmit.ratelimit`), so arrivals, not only grants, keep to the limit."""
+    if job.grant is not None:
+        limit._delivered(job.grant)
+        job.grant = None
 
 
 def streamable(item: Item) -> object | None:
@@ -389,9 +459,10 @@ def hand_over(
         if n:
             if not alive() or conn.retire:
                 return
-            if limit.reserve(job.item.recipient_count() if recipients_limited else 1) > 0:
+            grant = limit._grant(job.item.recipient_count() if recipients_limited else 1)
+            if grant is None:
                 return
-            job.granted_at = limit.now()
+            job.grant, job.granted_at = grant, grant.at
         conn.sent += 1
         conn.fresh = False
         yield item

@@ -6,14 +6,17 @@ The rules live in :mod:`smtpsubmit.pool._core`; this module only waits (a
 connection it may use — the calling thread and at most ``max_connections - 1``
 more threads per call, never one per message — and each worker sends batches
 of messages on the connection it holds (:meth:`Pool._send_batch`, the one
-place that talks to the client).
+place that talks to the client). ``send_iter`` runs the same workers, all in
+threads of their own, while the calling thread takes the outcomes as they come.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterable, Sized
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sized
 from types import TracebackType
 from typing import Any
 
@@ -43,6 +46,8 @@ from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Server
 
 __all__ = ["Pool"]
+
+log = logging.getLogger("smtpsubmit")
 
 
 class Pool:
@@ -120,7 +125,7 @@ class Pool:
         self, message: Any, envelope: dict[str, Any], granted_at: float | None
     ) -> SubmitResult:
         jobs = Jobs.single(normalise(message, envelope), granted_at)
-        self._work(jobs, threading.Lock())
+        self._work(jobs, threading.Condition())
         outcome = jobs.outcomes()[0]
         if isinstance(outcome, SubmitResult):
             return outcome
@@ -135,12 +140,12 @@ class Pool:
         size = len(messages) if isinstance(messages, Sized) else self.config.max_connections
         workers = max(1, min(self.config.max_connections, size))
         jobs = Jobs(messages, workers)
-        lock = threading.Lock()
+        call = threading.Condition()
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
-                self._work(jobs, lock)
+                self._work(jobs, call)
             except BaseException as exc:
                 errors.append(exc)
 
@@ -153,6 +158,73 @@ class Pool:
         if errors:
             raise errors[0]
         return jobs.outcomes()
+
+    def send_iter(self, messages: Iterable[object]) -> Iterator[Outcome]:
+        """``send_many`` as a stream: each outcome as soon as it and every earlier one are
+        decided, in input order; memory stays flat however many messages.
+
+        The input is read lazily and only what is in flight is kept (at most
+        ``2 x max_connections x 32`` messages ahead of the caller: the workers
+        wait while the caller is busy). Stopping early (``break``, ``close()``)
+        lets the messages in flight finish, starts nothing more, returns the
+        connections and joins the worker threads before ``close()`` returns.
+        """
+        size = len(messages) if isinstance(messages, Sized) else self.config.max_connections
+        workers = max(1, min(self.config.max_connections, size))
+        jobs = Jobs(messages, workers, ahead=2 * workers * BATCH)
+        call = threading.Condition()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._work(jobs, call)
+            except BaseException as exc:
+                with call:
+                    errors.append(exc)
+                    jobs.stop()
+                    call.notify_all()
+
+        threads = [
+            threading.Thread(target=run, name="smtpsubmit-pool-send", daemon=True)
+            for _ in range(workers)
+        ]
+        pending: deque[Outcome] = deque()
+        try:
+            for thread in threads:
+                thread.start()
+            while True:
+                with call:
+                    while not jobs.ready and jobs.active and not errors:
+                        call.wait()
+                    if errors:
+                        raise errors[0]
+                    pending.extend(jobs.pop_ready())
+                    call.notify_all()  # room for the workers
+                    if not pending and not jobs.active:
+                        break
+                while pending:
+                    yield pending.popleft()
+            for thread in threads:
+                thread.join()
+            if errors:  # a worker's last words may come after it counted itself out
+                raise errors[0]
+        finally:
+            with call:
+                jobs.stop()
+                call.notify_all()
+            with self._lock:
+                self._free.notify_all()  # a worker waiting for a connection gives up
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join()
+            decided, unsent = jobs.unreported()
+            if decided + len(pending) or unsent:
+                log.info(
+                    "send_iter stopped early: %d message(s) sent whose outcome was not "
+                    "taken, %d drawn from the input and never sent",
+                    decided + len(pending),
+                    unsent,
+                )
 
     def close(self) -> None:
         """Close the idle connections now and the busy ones when they come back."""
@@ -172,40 +244,59 @@ class Pool:
 
     # -- one worker ---------------------------------------------------------------------
 
-    def _work(self, jobs: Jobs, lock: threading.Lock) -> None:
-        """Take batches of jobs and send them until none is left (or no connection comes)."""
-        try:
-            self._work_loop(jobs, lock)
-        finally:
-            with lock:
-                jobs.active -= 1
+    def _work(self, jobs: Jobs, call: threading.Condition) -> None:
+        """Take batches of jobs and send them until none is left (or no connection comes).
 
-    def _work_loop(self, jobs: Jobs, lock: threading.Lock) -> None:
+        ``call`` guards ``jobs`` and is notified whenever outcomes are ready or room
+        appears (``send_iter``'s caller and its workers wait on it)."""
+        try:
+            self._work_loop(jobs, call)
+        finally:
+            with call:
+                jobs.active -= 1
+                call.notify_all()
+
+    def _work_loop(self, jobs: Jobs, call: threading.Condition) -> None:
         connect_refusals = 0
+
+        def report(job: Job, outcome: Outcome) -> None:
+            """Settle each message as its outcome comes (send_iter yields it now)."""
+            with call:
+                settle(jobs, [job], [outcome], self._limit, self.config.rate_retries)
+                call.notify_all()
+
         while True:
-            with lock:
-                if not jobs.queued():
-                    return
+            with call:
+                while not jobs.queued():
+                    if jobs.exhausted():
+                        return
+                    call.wait()  # send_iter: the caller has not taken enough yet
                 fresh = jobs.wants_fresh()
             attempt_at = self._limit.now()
             try:
-                conn = self._checkout(fresh)
+                conn = self._checkout(fresh, jobs)
             except PoolTimeout as exc:
-                with lock:
+                with call:
                     if jobs.active == 1:  # the last worker: nobody else will send the rest
-                        jobs.fail_rest(exc)
+                        while not jobs.fail_rest(exc):
+                            call.notify_all()
+                            call.wait()
+                        call.notify_all()
                 return
             except SmtpError as exc:  # could not connect
                 if is_rate_refusal(exc.reply) and connect_refusals < self.config.rate_retries:
                     connect_refusals += 1
                     self._limit.slow_down(attempt_at)
                     continue
-                with lock:
+                with call:
                     for job in jobs.take(1, fresh=True):
                         jobs.finish(job, exc)
+                    call.notify_all()
                 continue
+            if conn is None:  # the call stopped while waiting for a connection
+                return
             connect_refusals = 0
-            with lock:
+            with call:
                 batch = jobs.take(
                     min(BATCH, self.config.max_messages_per_connection - conn.sent), conn.fresh
                 )
@@ -213,45 +304,62 @@ class Pool:
                 self._checkin(conn)
                 continue
             try:
-                outcomes = self._send_batch(conn, batch)
+                done = self._send_batch(conn, batch, jobs, report)
             except BaseException:
                 conn.retire = True
                 self._checkin(conn)
                 raise
             self._checkin(conn)
-            with lock:
-                settle(jobs, batch, outcomes, self._limit, self.config.rate_retries)
+            with call:
+                for job in batch[done:]:  # never tried: queued again
+                    jobs.requeue(job)
+                call.notify_all()
 
-    def _send_batch(self, conn: Conn[Client], batch: list[Job]) -> list[Outcome | None]:
-        """Send ``batch`` on ``conn``: an outcome per job, ``None`` for one never tried.
+    def _send_batch(
+        self,
+        conn: Conn[Client],
+        batch: list[Job],
+        jobs: Jobs,
+        report: Callable[[Job, Outcome], None],
+    ) -> int:
+        """Send ``batch`` on ``conn``, giving each outcome to ``report`` as it comes; returns
+        how many were tried (the rest, never started, go back to the queue).
 
         Runs of messages go through one ``Client.send_many`` stream (pipelined:
         one write per message, or none to wait for with CHUNKING); a batch of
         one, or a message with envelope options the stream does not take, goes
         through ``Client.send``. Every message waits for its own rate token first.
+        Once the call stops (``send_iter`` closed) nothing more is started.
         """
         client = conn.client
-        outcomes: list[Outcome | None] = [None] * len(batch)
         done = 0
-        while done < len(batch) and not conn.retire and client.is_connected:
+        while done < len(batch) and not conn.retire and client.is_connected and not jobs.stopped:
             job = batch[done]
             if not job.prepaid:
-                job.granted_at = self._limit.acquire(self._cost(job))
+                job.grant = self._limit._acquire_grant(self._cost(job))
+                job.granted_at = job.grant.at
+                if jobs.stopped:  # stopped during the wait: its token goes unused
+                    break
             if streamable(job.item) is None or len(batch) == 1:
-                outcomes[done] = self._send_one(conn, job)
+                report(job, self._send_one(conn, job))
                 done += 1
                 continue
-            feed = hand_over(conn, batch[done:], self._limit, lambda: session_alive(client))
+            feed = hand_over(
+                conn,
+                batch[done:],
+                self._limit,
+                lambda: session_alive(client) and not jobs.stopped,
+            )
             for outcome in client.send_many(feed):
                 retire_after(conn, outcome)
-                outcomes[done] = outcome
+                report(batch[done], outcome)
                 done += 1
             if left_unclean(client):
                 try:
                     client.reset()
                 except SmtpError:
                     conn.retire = True
-        return outcomes
+        return done
 
     def _send_one(self, conn: Conn[Client], job: Job) -> Outcome:
         conn.sent += 1
@@ -267,7 +375,8 @@ class Pool:
 
     # -- connections --------------------------------------------------------------------
 
-    def _checkout(self, fresh: bool) -> Conn[Client]:
+    def _checkout(self, fresh: bool, jobs: Jobs | None = None) -> Conn[Client] | None:
+        """A connection, or None once ``jobs`` stopped while waiting for one."""
         deadline = time.monotonic() + self.config.acquire_timeout
         to_close: list[Conn[Client]] = []
         try:
@@ -275,6 +384,8 @@ class Pool:
                 while True:
                     if self._slots.closed:
                         raise RuntimeError("the pool is closed")
+                    if jobs is not None and jobs.stopped:
+                        return None
                     now = time.monotonic()
                     got = self._slots.checkout(now, fresh, to_close)
                     if got is not False:
