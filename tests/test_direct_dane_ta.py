@@ -141,7 +141,8 @@ def test_expired_and_not_yet_valid_certificates_below_the_anchor_fail(
     later = expiry + datetime.timedelta(days=1)
     failure = verify_ta([pki["root"]], chain, ["mx.example.org"], now=later)
     assert failure is not None and failure.result_type == "certificate-expired"
-    earlier = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+    earlier = x509.load_der_x509_certificate(pki["leaf"]).not_valid_before_utc
+    earlier -= datetime.timedelta(days=1)
     failure = verify_ta([pki["root"]], chain, ["mx.example.org"], now=earlier)
     assert failure is not None and failure.result_type == "certificate-not-trusted"
 
