@@ -59,9 +59,9 @@ from smtpsubmit.direct.resolve import (
     DnsFailure,
     MxHost,
     Records,
-    lookup,
     lookup_addresses,
     lookup_mx,
+    lookup_tlsa,
 )
 from smtpsubmit.direct.result import DomainResult, MxAttempt, TlsFailure
 from smtpsubmit.errors import (
@@ -236,7 +236,9 @@ class Delivery:
     ) -> Flow[_Mode | None]:
         """The mode for ``host``; ``None`` when an enforced policy rules it out."""
         if self.dane and addresses.secure:
-            found = yield from self._tlsa(host, addresses.canonical)
+            found = yield Call(
+                lookup_tlsa, (self.resolver, self.port, host.name, addresses.canonical)
+            )
             if found is not None:
                 base, values = found
                 records = tuple(parse_tlsa(v) for v in values)
@@ -260,22 +262,6 @@ class Delivery:
         if policy.mode == "enforce":
             return _Mode("mta-sts:enforce", require_tls=True, verify=True)
         return _Mode("mta-sts:testing")
-
-    def _tlsa(self, host: MxHost, canonical: str | None) -> Flow[tuple[str, list[str]] | None]:
-        """(TLSA base domain, records) when authenticated TLSA records apply, else ``None``.
-
-        RFC 7672 §2.2.2: for an alias whose expansion was secure (the caller
-        checked the address answers), the expanded name first; when that name
-        securely has none, the MX host name; an insecure answer there means
-        no DANE.
-        """
-        for base in (canonical, host.name) if canonical else (host.name,):
-            tlsa: Records = yield Call(lookup, (self.resolver, f"_{self.port}._tcp.{base}", "TLSA"))
-            if not tlsa.secure:
-                return None
-            if tlsa.values:
-                return base, tlsa.values
-        return None
 
     # -- one address -----------------------------------------------------------------
 

@@ -36,6 +36,7 @@ __all__ = [
     "lookup",
     "lookup_addresses",
     "lookup_mx",
+    "lookup_tlsa",
 ]
 
 
@@ -205,3 +206,22 @@ def lookup_addresses(resolver: dns.resolver.Resolver, host: str) -> Records:
     if failure is not None and not values:
         raise failure
     return Records(values, secure and bool(values), exists, canonical)
+
+
+def lookup_tlsa(
+    resolver: dns.resolver.Resolver, port: int, host: str, canonical: str | None
+) -> tuple[str, list[str]] | None:
+    """(TLSA base domain, records) when authenticated TLSA records apply to ``host``.
+
+    RFC 7672 §2.2.2: for an alias (``canonical``, the name its secure CNAME
+    chain ends at; the caller checked that the address answers were
+    authenticated), the expanded name first; when that name securely has
+    none, the MX host name. An unauthenticated answer means no DANE.
+    """
+    for base in (canonical, host) if canonical and canonical != host else (host,):
+        tlsa = lookup(resolver, f"_{port}._tcp.{base}", "TLSA")
+        if not tlsa.secure:
+            return None
+        if tlsa.values:
+            return base, tlsa.values
+    return None
