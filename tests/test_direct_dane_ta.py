@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 from smtpsubmit import Message
+from smtpsubmit.direct import dane_ta
 from smtpsubmit.direct.dane import Tlsa, authenticate, spki_of
 from smtpsubmit.direct.dane_ta import name_matches, verify_ta
 from tests.servers.mxnet import MxNet
@@ -91,6 +92,19 @@ def test_mixed_set_a_dane_ee_match_is_enough_when_dane_ta_does_not_match(
     mxnet: MxNet, mx_hosts, tmp_path: Path
 ) -> None:
     delivered_with_dane(mxnet, mx_hosts, tmp_path, "danemixee.test")
+
+
+def test_without_cryptography_dane_ta_records_are_unusable(
+    mxnet: MxNet, mx_hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RFC 7672 §2.2: a TLSA set with no usable record means TLS, unauthenticated, reported.
+    monkeypatch.setattr(dane_ta, "available", lambda: False)
+    host = mx_hosts("mx.daneta.test")
+    result = mxnet.deliver(message("ann@daneta.test"), tmp_path)
+    outcome = result.domains["daneta.test"]
+    assert result.accepted == ["ann@daneta.test"] and [m.tls for m in host.messages] == [True]
+    assert (outcome.policy, outcome.tls_verified) == ("dane", False)
+    assert [f.result_type for f in outcome.tls_failures] == ["tlsa-invalid"]
 
 
 # -- the chain and name checks on their own --------------------------------------------------
