@@ -75,6 +75,17 @@ def test_tlsa_in_an_unsigned_zone_is_ignored(
     assert [m.tls for m in host.messages] == [True]
 
 
+def test_tlsa_of_an_mx_host_named_by_an_unauthenticated_mx_answer_is_ignored(
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
+) -> None:
+    # insecuremx.test (unsigned) points at mx.danebad.test, whose signed TLSA matches nothing.
+    host = mx_hosts("mx.danebad.test")
+    result = mxnet.deliver(message("ann@insecuremx.test"), tmp_path, driver)
+    outcome = result.domains["insecuremx.test"]
+    assert result.accepted == ["ann@insecuremx.test"], outcome.error
+    assert outcome.policy == "none" and len(host.messages) == 1
+
+
 def test_dane_can_be_switched_off(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
     host = mx_hosts("mx.danebad.test")
     result = mxnet.deliver(message("ann@danebad.test"), tmp_path, dane=False)

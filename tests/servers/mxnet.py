@@ -198,6 +198,9 @@ def zones(port: int, digests: dict[str, str]) -> dict[str, list[str]]:
             f"{tlsa}.mx3 IN TLSA 3 1 1 {digests['real3.danecname.test']}",
         ],
         "danecname2.test": ["@ IN MX 10 mx2.danecname.test."],
+        # unsigned: its MX answer is not authenticated, so the (signed) MX host's TLSA
+        # records, which match nothing, must not apply (RFC 7672 §2.2.1)
+        "insecuremx.test": ["@ IN MX 10 mx.danebad.test."],
         "danecname3.test": ["@ IN MX 10 mx3.danecname.test."],
         "v6.test": ["@ IN MX 10 mx", _a("mx.v6.test")],
         "dual.test": ["@ IN MX 10 mx", f"mx IN A {DUAL_DEAD_ADDRESS}", _a("mx.dual.test")],
@@ -370,7 +373,9 @@ def mxnet(tls_ca: trustme.CA, ca_file: str) -> Iterator[MxNet]:
         "good_ca": _sha256(_ca_der(tls_ca)),
         "child_spki": _sha256(spki_of(_ca_der(child))),
     }
-    dns = start_dns(zones(smtp_port, digests), unsigned=["plain.test"], bogus=["bogus.test"])
+    dns = start_dns(
+        zones(smtp_port, digests), unsigned=["plain.test", "insecuremx.test"], bogus=["bogus.test"]
+    )
     leaf = tls_ca.issue_cert(*(f"mta-sts.{d}" for d in [*POLICIES, "stsmissing.test"]))
     policy_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     leaf.configure_cert(policy_ctx)

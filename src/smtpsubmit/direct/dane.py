@@ -94,10 +94,13 @@ def authenticate(
     found = {der: r for r in ta for der in chain if r.matches(der)}
     if not found:
         return Match(None, TaFailure("validation-failure", "tlsa-mismatch"))
-    failure = dane_ta.verify_ta(list(found), chain, names)
-    if failure is not None:
-        return Match(None, failure)
-    return Match(next(iter(found.values())))
+    first: TaFailure | None = None
+    for anchor, record in found.items():  # the record reported is the anchor reached
+        failure = dane_ta.verify_ta([anchor], chain, names)
+        if failure is None:
+            return Match(record)
+        first = first or failure
+    return Match(None, first)
 
 
 def _digest(matching: int, data: bytes) -> bytes:

@@ -169,7 +169,7 @@ class Delivery:
         result.policy = f"mta-sts:{policy.mode}" if policy else "none"  # type: ignore[assignment]
         last: SmtpError | None = None
         for host in mx.hosts:
-            error = yield from self._host(result, host, policy, recipients)
+            error = yield from self._host(result, host, policy, recipients, mx.secure)
             if error is None:
                 return result
             last = error
@@ -201,12 +201,17 @@ class Delivery:
         return found.policy
 
     def _host(
-        self, result: DomainResult, host: MxHost, policy: Policy | None, rcpts: list[str]
+        self,
+        result: DomainResult,
+        host: MxHost,
+        policy: Policy | None,
+        rcpts: list[str],
+        mx_secure: bool,
     ) -> Flow[SmtpError | None]:
         """Try every address of one MX host; ``None`` once the domain is settled."""
         try:
             addresses = yield Call(lookup_addresses, (self.resolver, host.name))
-            mode = yield from self._mode(result, host, addresses, policy)
+            mode = yield from self._mode(result, host, addresses, policy, mx_secure)
         except DnsFailure as exc:
             return dns_error(exc, host.name)
         if mode is None:
@@ -232,10 +237,20 @@ class Delivery:
         return last
 
     def _mode(
-        self, result: DomainResult, host: MxHost, addresses: Records, policy: Policy | None
+        self,
+        result: DomainResult,
+        host: MxHost,
+        addresses: Records,
+        policy: Policy | None,
+        mx_secure: bool,
     ) -> Flow[_Mode | None]:
-        """The mode for ``host``; ``None`` when an enforced policy rules it out."""
-        if self.dane and addresses.secure:
+        """The mode for ``host``; ``None`` when an enforced policy rules it out.
+
+        DANE needs the MX answer and the host's address answers authenticated
+        (RFC 7672 §2.2.1, §2.2.2): a forged MX or address could otherwise pick
+        the TLSA records that apply.
+        """
+        if self.dane and mx_secure and addresses.secure:
             found = yield Call(
                 lookup_tlsa, (self.resolver, self.port, host.name, addresses.canonical)
             )
