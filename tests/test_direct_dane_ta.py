@@ -197,3 +197,106 @@ def test_authenticate_prefers_dane_ee_and_falls_back_to_dane_ta(pki: dict[str, b
     assert authenticate([wrong_ee, ta], pki["leaf"], chain, ["mx.example.org"]).record == ta
     missed = authenticate([wrong_ee, ta], pki["leaf"], [pki["leaf"]], ["mx.example.org"])
     assert missed.record is None and missed.failure is not None
+
+
+# -- hand-made chains: what trustme will not issue -------------------------------------------
+
+
+def _cert(
+    subject: str,
+    key,
+    issuer: tuple[str, object] | None = None,
+    *,
+    ca: bool | None = None,
+    path_length: int | None = None,
+    san: list[str] | None = None,
+    cert_sign: bool | None = None,
+) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, issuer_key = (
+        (name, key)
+        if issuer is None
+        else (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]), issuer[1])
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca, path_length), critical=True)
+    if san is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in san]), critical=False
+        )
+    if cert_sign is not None:
+        usage = dict.fromkeys(
+            [
+                "content_commitment",
+                "key_encipherment",
+                "data_encipherment",
+                "key_agreement",
+                "crl_sign",
+                "encipher_only",
+                "decipher_only",
+            ],
+            False,
+        )
+        builder = builder.add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=cert_sign, **usage), critical=True
+        )
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def keys() -> list[object]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+
+
+def test_the_subject_cn_counts_only_when_there_is_no_dns_san(keys) -> None:
+    root = _cert("Root", keys[0], ca=True)
+    cn_only = _cert("mx.example.org", keys[1], ("Root", keys[0]))
+    assert verify_ta([root], [cn_only, root], ["mx.example.org"]) is None
+    with_san = _cert("mx.example.org", keys[1], ("Root", keys[0]), san=["other.example.org"])
+    failure = verify_ta([root], [with_san, root], ["mx.example.org"])
+    assert failure is not None and failure.result_type == "certificate-host-mismatch"
+
+
+def test_an_intermediate_must_be_a_ca_allowed_to_sign(keys) -> None:
+    root = _cert("Root", keys[0], ca=True)
+    leaf_args = ("mx.example.org", keys[2], ("Mid", keys[1]))
+    leaf = _cert(*leaf_args, san=["mx.example.org"])
+    for mid, allowed in [
+        (_cert("Mid", keys[1], ("Root", keys[0]), ca=True), True),
+        (_cert("Mid", keys[1], ("Root", keys[0])), False),  # no basicConstraints
+        (_cert("Mid", keys[1], ("Root", keys[0]), ca=False), False),
+        (_cert("Mid", keys[1], ("Root", keys[0]), ca=True, cert_sign=False), False),
+    ]:
+        failure = verify_ta([root], [leaf, mid, root], ["mx.example.org"])
+        assert (failure is None) is allowed, failure
+
+
+def test_path_length_constraints_below_the_anchor_hold(keys) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root = _cert("Root", keys[0], ca=True)
+    upper = _cert("Upper", keys[1], ("Root", keys[0]), ca=True, path_length=0)
+    lower_key = ec.generate_private_key(ec.SECP256R1())
+    lower = _cert("Lower", lower_key, ("Upper", keys[1]), ca=True)
+    leaf = _cert("mx.example.org", keys[2], ("Lower", lower_key), san=["mx.example.org"])
+    failure = verify_ta([root], [leaf, lower, upper, root], ["mx.example.org"])
+    assert failure is not None and "path length" in failure.reason
+    # with Upper itself as the anchor, its constraint is not applied (RFC 5280 §6.1.1)
+    assert verify_ta([upper], [leaf, lower, upper], ["mx.example.org"]) is None
