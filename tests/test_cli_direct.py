@@ -106,6 +106,25 @@ def test_probe_mx_reports_policy_tlsa_and_tls(
     assert "verification: ok" in result.stdout
 
 
+def test_probe_mx_matches_dane_ta_and_follows_a_cname_as_delivery_does(
+    mxnet: MxNet, mx_hosts: Any, home: Path, tmp_path: Path
+) -> None:
+    mx_hosts("mx.daneta.test")
+    result = run_cli(["probe", "--mx", "daneta.test", *_direct_flags(mxnet, tmp_path)], home)
+    assert result.returncode == 0, result.stderr
+    assert "DANE: match (2 0 1 " in result.stdout
+
+    mx_hosts("mx.danetaname.test")
+    result = run_cli(["probe", "--mx", "danetaname.test", *_direct_flags(mxnet, tmp_path)], home)
+    assert "DANE: NO MATCH: the server's certificate names wrong.test" in result.stdout
+
+    mx_hosts("real.danecname.test")  # mx.danecname.test is an alias; its TLSA is at real.
+    flags = ["--json", *_direct_flags(mxnet, tmp_path)]
+    result = run_cli(["probe", "--mx", "danecname.test", *flags], home)
+    [host] = json.loads(result.stdout)["mx"]
+    assert host["tlsa"]["base"] == "real.danecname.test" and host["tls"]["dane_match"] is True
+
+
 def test_probe_mx_nxdomain_is_68(mxnet: MxNet, home: Path, tmp_path: Path) -> None:
     result = run_cli(["probe", "--mx", "nosuch.alpha.test", *_direct_flags(mxnet, tmp_path)], home)
     assert result.returncode == 68, result.stderr

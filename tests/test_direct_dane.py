@@ -62,18 +62,6 @@ def test_tlsa_present_but_no_starttls_means_no_delivery(
     assert [f.result_type for f in domain.tls_failures] == ["starttls-not-supported"]
 
 
-def test_only_dane_ta_records_mean_tls_required_but_unauthenticated(
-    mxnet: MxNet, mx_hosts, tmp_path: Path
-) -> None:
-    # DANE-TA is not matched (see docs/direct.md): RFC 7672 §2.2's rule for unusable records
-    host = mx_hosts("mx.daneta.test")
-    result = mxnet.deliver(message("ann@daneta.test"), tmp_path)
-    domain = result.domains["daneta.test"]
-    assert result.accepted == ["ann@daneta.test"] and [m.tls for m in host.messages] == [True]
-    assert (domain.policy, domain.tls_verified) == ("dane", False)
-    assert [f.result_type for f in domain.tls_failures] == ["tlsa-invalid"]
-
-
 def test_tlsa_in_an_unsigned_zone_is_ignored(
     mxnet: MxNet, mx_hosts, tmp_path: Path, driver
 ) -> None:
@@ -85,6 +73,17 @@ def test_tlsa_in_an_unsigned_zone_is_ignored(
     assert domain.policy == "none"
     assert domain.tls is not None and domain.tls_verified is False  # untrusted CA: recorded
     assert [m.tls for m in host.messages] == [True]
+
+
+def test_tlsa_of_an_mx_host_named_by_an_unauthenticated_mx_answer_is_ignored(
+    mxnet: MxNet, mx_hosts, tmp_path: Path, driver
+) -> None:
+    # insecuremx.test (unsigned) points at mx.danebad.test, whose signed TLSA matches nothing.
+    host = mx_hosts("mx.danebad.test")
+    result = mxnet.deliver(message("ann@insecuremx.test"), tmp_path, driver)
+    outcome = result.domains["insecuremx.test"]
+    assert result.accepted == ["ann@insecuremx.test"], outcome.error
+    assert outcome.policy == "none" and len(host.messages) == 1
 
 
 def test_dane_can_be_switched_off(mxnet: MxNet, mx_hosts, tmp_path: Path) -> None:
@@ -124,11 +123,14 @@ def test_dane_ee_selectors_and_matching_types(
     assert match_leaf([wrong], leaf_der) is None
 
 
-def test_dane_ta_and_pkix_usages_are_not_matched(leaf_der: bytes) -> None:
+def test_pkix_usages_are_unusable_and_dane_ta_is_not_a_leaf_match(leaf_der: bytes) -> None:
     digest = hashlib.sha256(spki_of(leaf_der)).digest()
-    for usage in (0, 1, 2):  # PKIX-TA/EE are unusable for SMTP; DANE-TA is unsupported here
+    for usage in (0, 1):  # PKIX-TA/EE are unusable for SMTP (RFC 7672 §3.1.3)
         record = Tlsa(usage, 1, 1, digest)
         assert not record.usable and match_leaf([record], leaf_der) is None
+    ta = Tlsa(2, 1, 1, digest)  # usable, but matched on a chain with a name check
+    assert ta.usable and match_leaf([ta], leaf_der) is None
+    assert not Tlsa(3, 2, 1, digest).usable and not Tlsa(2, 1, 3, digest).usable
 
 
 def test_tlsa_presentation_form_with_spaces() -> None:

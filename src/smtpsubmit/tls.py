@@ -14,6 +14,7 @@ chain and name checks and nothing else.
 from __future__ import annotations
 
 import ssl
+from _ssl import ENCODING_DER as _ENCODING_DER
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +155,9 @@ class TlsInfo:
     # DER form too: ``getpeercert()`` is empty when verification is off (TRUSTEDSITE),
     # and probe still wants to show the certificate.
     peer_certificate_der: bytes | None = None
+    # Every certificate the server sent, leaf first, unverified: DANE-TA (RFC 7672
+    # §3.1.2) looks for its trust anchor among them. Empty when Python cannot say.
+    peer_chain_der: tuple[bytes, ...] = ()
 
     @classmethod
     def from_ssl_object(cls, obj: ssl.SSLObject | ssl.SSLSocket) -> TlsInfo:
@@ -163,4 +167,32 @@ class TlsInfo:
             der = obj.getpeercert(binary_form=True)
         except ValueError:
             cert, der = None, None
-        return cls(obj.version(), cipher[0] if cipher else None, dict(cert) if cert else None, der)
+        return cls(
+            obj.version(),
+            cipher[0] if cipher else None,
+            dict(cert) if cert else None,
+            der,
+            _peer_chain(obj),
+        )
+
+
+def _peer_chain(obj: ssl.SSLObject | ssl.SSLSocket) -> tuple[bytes, ...]:
+    """The certificates the server sent, as DER, leaf first (verified or not).
+
+    Python 3.13 has ``get_unverified_chain()`` on the socket; 3.10 to 3.12 have
+    the same call, undocumented, on the ``_sslobj`` behind it (OpenSSL's
+    ``SSL_get_peer_cert_chain``). When neither exists, the chain is unknown.
+    """
+    getter = getattr(obj, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None)
+    if getter is None:  # pragma: no cover - every supported Python has one of the two
+        return ()
+    try:
+        chain = getter() or []
+        return tuple(
+            bytes(c) if isinstance(c, bytes | bytearray) else c.public_bytes(_ENCODING_DER)
+            for c in chain
+        )
+    except (ValueError, AttributeError, ssl.SSLError):  # pragma: no cover - closed mid-way
+        return ()

@@ -11,7 +11,10 @@ every ``deliver_direct`` call passes ``port=`` and ``mta_sts_port=``
 
 Certificates: ``good`` ones come from the test CA (``ca_file``), ``rogue`` ones
 from a CA nobody trusts; DANE hosts use rogue certificates on purpose, so only
-the TLSA match can make them trusted.
+the TLSA match can make them trusted. ``child`` ones come from an intermediate
+CA under the rogue one (the server sends it in its chain), ``misnamed`` ones
+from the rogue CA for a name that is not the host's. Hosts at ``::1`` need the
+machine to listen on IPv6 loopback (``mxnet.ipv6``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import http.server
 import socket
 import ssl
+import tempfile
 import threading
 import warnings
 from collections import Counter
@@ -57,7 +61,19 @@ HOSTS: dict[str, tuple[str, str | None]] = {
     "mx.plain.test": ("127.0.0.16", "rogue"),
     "mx.bogus.test": ("127.0.0.17", "good"),
     "mx.daneta.test": ("127.0.0.18", "rogue"),
+    "mx.danetaspki.test": ("127.0.0.19", "rogue"),
+    "mx.danetaother.test": ("127.0.0.20", "rogue"),
+    "mx.danetaname.test": ("127.0.0.21", "misnamed"),
+    "mx.danemix.test": ("127.0.0.22", "rogue"),
+    "mx.danemixee.test": ("127.0.0.23", "rogue"),
+    "mx.danetachild.test": ("127.0.0.24", "child"),
+    "real.danecname.test": ("127.0.0.25", "rogue"),
+    "real2.danecname.test": ("127.0.0.26", "rogue"),
+    "real3.danecname.test": ("127.0.0.27", "rogue"),
+    "mx.v6.test": ("::1", "good"),
+    "mx.dual.test": ("::1", "good"),
 }
+DUAL_DEAD_ADDRESS = "127.0.0.28"  # mx.dual.test's A record: nothing listens there
 
 POLICIES = {
     "sts.test": "version: STSv1\r\nmode: enforce\r\nmx: mx.sts.test\r\nmax_age: 86400\r\n",
@@ -65,6 +81,16 @@ POLICIES = {
     "stsbadcert.test": "version: STSv1\nmode: enforce\nmx: *.stsbadcert.test\nmax_age: 86400\n",
     "ststesting.test": "version: STSv1\nmode: testing\nmx: mx.ststesting.test\nmax_age: 86400\n",
 }
+
+
+def ipv6_loopback() -> bool:
+    """Whether this machine can listen on ``::1``."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def free_port(addresses: list[str]) -> int:
@@ -77,7 +103,7 @@ def free_port(addresses: list[str]) -> int:
         socks = []
         try:
             for address in addresses:
-                s = socket.socket()
+                s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
                 socks.append(s)
                 s.bind((address, port))
             return port
@@ -90,11 +116,14 @@ def free_port(addresses: list[str]) -> int:
 
 
 def _a(name: str) -> str:
-    return f"{name}. IN A {HOSTS[name][0]}"
+    address = HOSTS[name][0]
+    return f"{name}. IN {'AAAA' if ':' in address else 'A'} {address}"
 
 
-def zones(port: int, tlsa_good: str, tlsa_other: str, tlsa_ta: str) -> dict[str, list[str]]:
+def zones(port: int, digests: dict[str, str]) -> dict[str, list[str]]:
+    """Every scenario's zone; ``digests`` holds the SHA-256 hex the TLSA records need."""
     tlsa = f"_{port}._tcp"
+    tlsa_good, tlsa_other, tlsa_ta = digests["good"], digests["other"], digests["ta"]
     sts = [f"mta-sts IN A {POLICY_ADDRESS}"]
 
     def txt(policy_id: str) -> str:
@@ -123,6 +152,58 @@ def zones(port: int, tlsa_good: str, tlsa_other: str, tlsa_ta: str) -> dict[str,
             _a("mx.daneta.test"),
             f"{tlsa}.mx IN TLSA 2 0 1 {tlsa_ta}",
         ],
+        "danetaspki.test": [  # DANE-TA by the rogue CA's public key
+            "@ IN MX 10 mx",
+            _a("mx.danetaspki.test"),
+            f"{tlsa}.mx IN TLSA 2 1 1 {digests['ta_spki']}",
+        ],
+        "danetaother.test": [  # DANE-TA naming a CA that did not issue the host's certificate
+            "@ IN MX 10 mx",
+            _a("mx.danetaother.test"),
+            f"{tlsa}.mx IN TLSA 2 0 1 {digests['good_ca']}",
+        ],
+        "danetaname.test": [  # the right CA, but the certificate is for another name
+            "@ IN MX 10 mx",
+            _a("mx.danetaname.test"),
+            f"{tlsa}.mx IN TLSA 2 0 1 {tlsa_ta}",
+        ],
+        "danemix.test": [  # DANE-EE that matches nothing, DANE-TA that matches
+            "@ IN MX 10 mx",
+            _a("mx.danemix.test"),
+            f"{tlsa}.mx IN TLSA 3 1 1 {tlsa_other}",
+            f"{tlsa}.mx IN TLSA 2 0 1 {tlsa_ta}",
+        ],
+        "danemixee.test": [  # DANE-TA that matches nothing, DANE-EE that matches
+            "@ IN MX 10 mx",
+            _a("mx.danemixee.test"),
+            f"{tlsa}.mx IN TLSA 2 0 1 {digests['good_ca']}",
+            f"{tlsa}.mx IN TLSA 3 1 1 {digests['mx.danemixee.test']}",
+        ],
+        "danetachild.test": [  # the intermediate CA is the trust anchor, not the root
+            "@ IN MX 10 mx",
+            _a("mx.danetachild.test"),
+            f"{tlsa}.mx IN TLSA 2 1 1 {digests['child_spki']}",
+        ],
+        "danecname.test": [
+            "@ IN MX 10 mx",
+            "mx IN CNAME real",  # TLSA at the expanded name only
+            _a("real.danecname.test"),
+            f"{tlsa}.real IN TLSA 3 1 1 {digests['real.danecname.test']}",
+            "mx2 IN CNAME real2",  # TLSA at the MX host name only
+            _a("real2.danecname.test"),
+            f"{tlsa}.mx2 IN TLSA 3 1 1 {digests['real2.danecname.test']}",
+            "mx3 IN CNAME real3",  # both: the expanded name's (a mismatch) wins
+            _a("real3.danecname.test"),
+            f"{tlsa}.real3 IN TLSA 3 1 1 {tlsa_other}",
+            f"{tlsa}.mx3 IN TLSA 3 1 1 {digests['real3.danecname.test']}",
+        ],
+        "danecname2.test": ["@ IN MX 10 mx2.danecname.test."],
+        # unsigned: its MX answer is not authenticated, so the (signed) MX host's TLSA
+        # records, which match nothing, must not apply (RFC 7672 §2.2.1)
+        "insecuremx.test": ["@ IN MX 10 mx.danebad.test."],
+        "danecname3.test": ["@ IN MX 10 mx3.danecname.test."],
+        "v6.test": ["@ IN MX 10 mx", _a("mx.v6.test")],
+        "dual.test": ["@ IN MX 10 mx", f"mx IN A {DUAL_DEAD_ADDRESS}", _a("mx.dual.test")],
         "danenotls.test": [
             "@ IN MX 10 mx",
             _a("mx.danenotls.test"),
@@ -216,6 +297,7 @@ class MxNet:
     ca_file: str
     contexts: dict[str, ssl.SSLContext]
     policy_server: http.server.ThreadingHTTPServer
+    ipv6: bool = True
 
     @property
     def policy_requests(self) -> Counter[str]:
@@ -237,29 +319,62 @@ class MxNet:
         )
 
 
-def _leaf(ca: trustme.CA, name: str) -> tuple[ssl.SSLContext, bytes]:
+def _leaf(
+    ca: trustme.CA, name: str, *, root: trustme.CA | None = None
+) -> tuple[ssl.SSLContext, bytes]:
+    """A server context for ``name``; with ``root``, the chain it sends ends with that CA,
+    as RFC 7672 §3.1.2 asks of servers that rely on DANE-TA."""
     leaf = ca.issue_cert(name)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    leaf.configure_cert(ctx)
+    if root is None:
+        leaf.configure_cert(ctx)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "chain.pem"
+            path.write_bytes(
+                leaf.private_key_pem.bytes()
+                + b"".join(p.bytes() for p in leaf.cert_chain_pems)
+                + root.cert_pem.bytes()
+            )
+            ctx.load_cert_chain(path)
     der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
     return ctx, der
 
 
+def _ca_der(ca: trustme.CA) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(ca.cert_pem.bytes().decode())
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 @pytest.fixture(scope="session")
 def mxnet(tls_ca: trustme.CA, ca_file: str) -> Iterator[MxNet]:
-    addresses = sorted({a for a, _ in HOSTS.values()} | {POLICY_ADDRESS})
+    ipv6 = ipv6_loopback()
+    addresses = sorted({a for a, _ in HOSTS.values() if ipv6 or ":" not in a} | {POLICY_ADDRESS})
     smtp_port, https_port = free_port(addresses), free_port([POLICY_ADDRESS])
     rogue = trustme.CA()
+    child = rogue.create_child_ca()
+    issuers = {"good": tls_ca, "rogue": rogue, "child": child, "misnamed": rogue}
     contexts: dict[str, ssl.SSLContext] = {}
     ders: dict[str, bytes] = {}
     for name, (_, kind) in HOSTS.items():
         if kind is not None:
-            contexts[name], ders[name] = _leaf(tls_ca if kind == "good" else rogue, name)
-    good = hashlib.sha256(spki_of(ders["mx.dane.test"])).hexdigest()
-    other = hashlib.sha256(spki_of(_leaf(rogue, "other.test")[1])).hexdigest()
-    ta = hashlib.sha256(ssl.PEM_cert_to_DER_cert(rogue.cert_pem.bytes().decode())).hexdigest()
+            cert_name = "wrong.test" if kind == "misnamed" else name
+            root = rogue if kind in ("rogue", "misnamed") else None
+            contexts[name], ders[name] = _leaf(issuers[kind], cert_name, root=root)
+    digests = {name: _sha256(spki_of(der)) for name, der in ders.items()}
+    digests |= {
+        "good": digests["mx.dane.test"],
+        "other": _sha256(spki_of(_leaf(rogue, "other.test")[1])),
+        "ta": _sha256(_ca_der(rogue)),
+        "ta_spki": _sha256(spki_of(_ca_der(rogue))),
+        "good_ca": _sha256(_ca_der(tls_ca)),
+        "child_spki": _sha256(spki_of(_ca_der(child))),
+    }
     dns = start_dns(
-        zones(smtp_port, good, other, ta), unsigned=["plain.test"], bogus=["bogus.test"]
+        zones(smtp_port, digests), unsigned=["plain.test", "insecuremx.test"], bogus=["bogus.test"]
     )
     leaf = tls_ca.issue_cert(*(f"mta-sts.{d}" for d in [*POLICIES, "stsmissing.test"]))
     policy_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -272,7 +387,7 @@ def mxnet(tls_ca: trustme.CA, ca_file: str) -> Iterator[MxNet]:
     )
     thread.start()
     try:
-        yield MxNet(dns, smtp_port, https_port, ca_file, contexts, httpd)
+        yield MxNet(dns, smtp_port, https_port, ca_file, contexts, httpd, ipv6)
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -287,6 +402,8 @@ def mx_hosts(mxnet: MxNet) -> Iterator[Callable[..., MxServer]]:
 
     def start(name: str, *, tls: bool = True, context: ssl.SSLContext | None = None) -> MxServer:
         address, kind = HOSTS[name]
+        if ":" in address and not mxnet.ipv6:
+            pytest.skip("this machine cannot listen on ::1")
         handler = MxHandler()
         kwargs: dict[str, Any] = {}
         if context is not None:

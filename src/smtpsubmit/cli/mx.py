@@ -162,8 +162,8 @@ def _policy_report(resolver: Any, domain: str, args: argparse.Namespace, timeout
 
 
 def _host_report(resolver: Any, host: Any, args: argparse.Namespace, timeout: float) -> Any:
-    from smtpsubmit.direct.dane import match_leaf, parse_tlsa
-    from smtpsubmit.direct.resolve import DnsFailure, lookup, lookup_addresses
+    from smtpsubmit.direct.dane import authenticate, parse_tlsa
+    from smtpsubmit.direct.resolve import DnsFailure, lookup, lookup_addresses, lookup_tlsa
 
     port = args.port or 25
     entry: dict[str, Any] = {"host": host.name, "preference": host.preference, "tlsa": None}
@@ -173,19 +173,31 @@ def _host_report(resolver: Any, host: Any, args: argparse.Namespace, timeout: fl
         entry["error"] = str(exc)
         return entry
     entry["addresses"], entry["addresses_authenticated"] = addresses.values, addresses.secure
+    base = host.name
     if addresses.secure:
-        try:
-            tlsa = lookup(resolver, f"_{port}._tcp.{host.name}", "TLSA")
-            entry["tlsa"] = {"records": tlsa.values, "authenticated": tlsa.secure}
+        try:  # as delivery does it: through a CNAME first (RFC 7672 §2.2.2)
+            found = lookup_tlsa(resolver, port, host.name, addresses.canonical)
+            if found is not None:
+                base, values = found
+                entry["tlsa"] = {"records": values, "authenticated": True, "base": base}
+            else:
+                tlsa = lookup(resolver, f"_{port}._tcp.{host.name}", "TLSA")
+                entry["tlsa"] = {"records": tlsa.values, "authenticated": tlsa.secure}
         except DnsFailure as exc:
             entry["tlsa"] = {"error": str(exc)}
     if not addresses.values:
         return entry
-    entry["tls"] = tls = _tls_report(host.name, addresses.values[0], port, args, timeout)
-    der = tls.pop("der", None)
+    entry["tls"] = tls = _tls_report(base, addresses.values[0], port, args, timeout)
+    der, chain = tls.pop("der", None), tls.pop("chain", ())
     records = (entry["tlsa"] or {}).get("records")
     if der is not None and records and entry["tlsa"].get("authenticated"):
-        tls["dane_match"] = match_leaf([parse_tlsa(r) for r in records], der) is not None
+        names = list(dict.fromkeys((base, host.name)))
+        match = authenticate([parse_tlsa(r) for r in records], der, chain, names)
+        tls["dane_match"] = match.record is not None
+        if match.record is not None:
+            tls["dane_record"] = str(match.record)
+        elif match.failure is not None and match.failure.reason != "tlsa-mismatch":
+            tls["dane_failure"] = match.failure.reason
     return entry
 
 
@@ -217,6 +229,7 @@ def _tls_report(
                     "verified": (failure is None) if info else None,
                     "verification": failure or ("ok" if info else None),
                     "der": info.peer_certificate_der if info else None,
+                    "chain": info.peer_chain_der if info else (),
                 }
         except TlsError as exc:
             failure = f"failed: {exc}"
@@ -253,4 +266,6 @@ def _print_probe(args: argparse.Namespace, report: dict[str, Any]) -> None:
             what = tls["version"] or "no STARTTLS"
             print(f"    TLS: {what}; verification: {tls['verification']}")
             if "dane_match" in tls:
-                print(f"    DANE: {'match' if tls['dane_match'] else 'NO MATCH'}")
+                verdict = f"match ({tls['dane_record']})" if tls["dane_match"] else "NO MATCH"
+                why = f": {tls['dane_failure']}" if "dane_failure" in tls else ""
+                print(f"    DANE: {verdict}{why}")

@@ -3,25 +3,30 @@
 A TLSA record set is trusted only when every answer that led to it was
 authenticated (the caller checks the AD bits); then it binds the MX host to
 a key, and delivery to that host needs STARTTLS and a match: no fallback to
-plain text, and no web-PKI checks (DANE-EE ignores names and expiry, RFC
-7672 §3.1.1).
+plain text, and no web-PKI checks.
 
-Supported: DANE-EE (usage 3) with selector 0 (whole certificate) or 1
-(SubjectPublicKeyInfo) and matching type 0 (exact), 1 (SHA-256) or 2
-(SHA-512). DANE-TA (usage 2) is *recognised but not matched*: matching it
-honestly means verifying the chain's signatures up to the trust anchor, which
-the standard library cannot do after a handshake; an MX whose usable records
-are all DANE-TA therefore gets mandatory, unauthenticated TLS (the RFC 7672
-§2.2 rule for unusable records), and the failure is reported. PKIX usages
-0 and 1 are unusable for SMTP (RFC 7672 §3.1.3).
+Supported: DANE-EE (usage 3) and DANE-TA (usage 2), each with selector 0
+(whole certificate) or 1 (SubjectPublicKeyInfo) and matching type 0 (exact),
+1 (SHA-256) or 2 (SHA-512). DANE-EE matches the server's certificate and
+ignores its names and expiry (RFC 7672 §3.1.1). DANE-TA matches a
+certificate of the chain the server presented, which the server's
+certificate must chain up to and which must bear the TLSA base domain or the
+MX host name (RFC 7672 §3.1.2, §3.2.2): :mod:`.dane_ta` says how, and what it
+leaves out. When ``cryptography`` is missing, DANE-TA records are unusable.
+PKIX usages 0 and 1 are unusable for SMTP (RFC 7672 §3.1.3). Records that are
+all unusable mean mandatory, unauthenticated TLS (RFC 7672 §2.2).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Tlsa", "match_leaf", "parse_tlsa", "spki_of"]
+from smtpsubmit.direct import dane_ta
+from smtpsubmit.direct.dane_ta import TaFailure
+
+__all__ = ["Match", "Tlsa", "authenticate", "match_leaf", "parse_tlsa", "spki_of"]
 
 DANE_TA = 2
 DANE_EE = 3
@@ -36,8 +41,18 @@ class Tlsa:
 
     @property
     def usable(self) -> bool:
-        """What this implementation can match (DANE-EE with a known selector and hash)."""
-        return self.usage == DANE_EE and self.selector in (0, 1) and self.matching in (0, 1, 2)
+        """What this implementation can match: DANE-EE, or DANE-TA when it can check chains."""
+        if self.selector not in (0, 1) or self.matching not in (0, 1, 2):
+            return False
+        return self.usage == DANE_EE or (self.usage == DANE_TA and dane_ta.available())
+
+    def matches(self, certificate_der: bytes) -> bool:
+        """Whether this record's selector and matching type select ``certificate_der``."""
+        try:
+            selected = certificate_der if self.selector == 0 else spki_of(certificate_der)
+        except ValueError:
+            return False
+        return _digest(self.matching, selected) == self.data
 
     def __str__(self) -> str:
         return f"{self.usage} {self.selector} {self.matching} {self.data.hex()}"
@@ -49,18 +64,43 @@ def parse_tlsa(text: str) -> Tlsa:
     return Tlsa(int(usage), int(selector), int(matching), bytes.fromhex("".join(data)))
 
 
-def match_leaf(records: list[Tlsa], certificate_der: bytes) -> Tlsa | None:
+def match_leaf(records: Sequence[Tlsa], certificate_der: bytes) -> Tlsa | None:
     """The first usable DANE-EE record that matches the server's certificate, if any."""
     for record in records:
-        if not record.usable:
-            continue
-        try:
-            selected = certificate_der if record.selector == 0 else spki_of(certificate_der)
-        except ValueError:
-            return None
-        if _digest(record.matching, selected) == record.data:
+        if record.usable and record.usage == DANE_EE and record.matches(certificate_der):
             return record
     return None
+
+
+@dataclass(frozen=True)
+class Match:
+    """The record that authenticated the server, or why none did."""
+
+    record: Tlsa | None
+    failure: TaFailure | None = None
+
+
+def authenticate(
+    records: Sequence[Tlsa], leaf_der: bytes, chain_der: Sequence[bytes], names: Sequence[str]
+) -> Match:
+    """DANE-EE on the leaf first, then DANE-TA on the presented chain (``names``: §3.2.2)."""
+    record = match_leaf(records, leaf_der)
+    if record is not None:
+        return Match(record)
+    chain = [leaf_der, *(der for der in chain_der if der != leaf_der)]
+    ta = [r for r in records if r.usable and r.usage == DANE_TA]
+    if not ta:
+        return Match(None, TaFailure("validation-failure", "tlsa-mismatch"))
+    found = {der: r for r in ta for der in chain if r.matches(der)}
+    if not found:
+        return Match(None, TaFailure("validation-failure", "tlsa-mismatch"))
+    first: TaFailure | None = None
+    for anchor, record in found.items():  # the record reported is the anchor reached
+        failure = dane_ta.verify_ta([anchor], chain, names)
+        if failure is None:
+            return Match(record)
+        first = first or failure
+    return Match(None, first)
 
 
 def _digest(matching: int, data: bytes) -> bytes:

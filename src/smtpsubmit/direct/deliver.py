@@ -93,11 +93,19 @@ async def adeliver_direct(
 
     SMTP runs on the event loop; each DNS lookup and the policy fetch run in a
     worker thread (``asyncio.to_thread``), bounded by ``timeout``.
+    Cancelled, it drops every connection at once (no QUIT: a message being
+    sent is never completed) and leaves no task behind; a DNS lookup or policy
+    fetch already under way ends in its thread, within ``timeout``.
     """
     run, groups, result = _prepare(locals())
     try:
         for domain, group in groups.items():
             result.domains[domain] = await _adrive(run.domain(domain, group))
+    except asyncio.CancelledError:
+        for client, _ in run.clients.values():
+            cast(AsyncClient, client)._discard()  # abort: nothing buffered goes out
+        run.clients.clear()
+        raise
     finally:
         with contextlib.suppress(Exception):
             await _adrive(run.close())

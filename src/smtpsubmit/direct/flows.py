@@ -8,8 +8,13 @@ the hosts in order until one takes the message or refuses it for good.
 How each MX host is spoken to — the one place these rules live:
 
 - **DANE** (authenticated TLSA records exist): STARTTLS is required and the
-  certificate must match a record (DANE-EE); no plain text, no web PKI.
-  DANE takes precedence over MTA-STS for that host (RFC 8461 §2).
+  certificate must match a record — DANE-EE on the server's certificate,
+  DANE-TA on a trust anchor of its chain plus a name check (:mod:`.dane`);
+  no plain text, no web PKI. When the MX host name is an alias (a secure
+  CNAME chain), TLSA records are looked up at the name it expands to first,
+  then at the MX host name (RFC 7672 §2.2.2); the name found is the TLSA
+  base domain, sent as SNI. DANE takes precedence over MTA-STS for that host
+  (RFC 8461 §2).
 - **MTA-STS enforce**: only hosts the policy lists, STARTTLS required, the
   certificate verified for the MX host name (``ca_file`` or the system store).
 - **Opportunistic** (MTA-STS testing, or no policy): STARTTLS when offered.
@@ -40,7 +45,7 @@ from typing import Any, TypeVar
 import dns.resolver
 
 from smtpsubmit.client import AsyncClient, Client
-from smtpsubmit.direct.dane import Tlsa, match_leaf, parse_tlsa
+from smtpsubmit.direct.dane import Tlsa, authenticate, parse_tlsa
 from smtpsubmit.direct.mta_sts import Discovery, Policy, PolicyCache, discover, https_context
 from smtpsubmit.direct.outcome import (
     dns_error,
@@ -50,7 +55,14 @@ from smtpsubmit.direct.outcome import (
     settle,
     with_error,
 )
-from smtpsubmit.direct.resolve import DnsFailure, MxHost, lookup, lookup_addresses, lookup_mx
+from smtpsubmit.direct.resolve import (
+    DnsFailure,
+    MxHost,
+    Records,
+    lookup_addresses,
+    lookup_mx,
+    lookup_tlsa,
+)
 from smtpsubmit.direct.result import DomainResult, MxAttempt, TlsFailure
 from smtpsubmit.errors import (
     ConnectError,
@@ -118,10 +130,12 @@ class _Mode:
     tlsa: tuple[Tlsa, ...] = ()
     require_tls: bool = False
     verify: bool = False
+    base: str | None = None  # DANE: the TLSA base domain (SNI, first reference identifier)
+    names: tuple[str, ...] = ()  # DANE-TA: the names the certificate may bear (§3.2.2)
 
     @property
     def key(self) -> tuple[object, ...]:
-        return (self.policy, self.tlsa, self.require_tls, self.verify)
+        return (self.policy, self.tlsa, self.require_tls, self.verify, self.base)
 
 
 @dataclass
@@ -155,7 +169,7 @@ class Delivery:
         result.policy = f"mta-sts:{policy.mode}" if policy else "none"  # type: ignore[assignment]
         last: SmtpError | None = None
         for host in mx.hosts:
-            error = yield from self._host(result, host, policy, recipients)
+            error = yield from self._host(result, host, policy, recipients, mx.secure)
             if error is None:
                 return result
             last = error
@@ -187,12 +201,17 @@ class Delivery:
         return found.policy
 
     def _host(
-        self, result: DomainResult, host: MxHost, policy: Policy | None, rcpts: list[str]
+        self,
+        result: DomainResult,
+        host: MxHost,
+        policy: Policy | None,
+        rcpts: list[str],
+        mx_secure: bool,
     ) -> Flow[SmtpError | None]:
         """Try every address of one MX host; ``None`` once the domain is settled."""
         try:
             addresses = yield Call(lookup_addresses, (self.resolver, host.name))
-            mode = yield from self._mode(result, host, addresses.secure, policy)
+            mode = yield from self._mode(result, host, addresses, policy, mx_secure)
         except DnsFailure as exc:
             return dns_error(exc, host.name)
         if mode is None:
@@ -218,19 +237,32 @@ class Delivery:
         return last
 
     def _mode(
-        self, result: DomainResult, host: MxHost, secure: bool, policy: Policy | None
+        self,
+        result: DomainResult,
+        host: MxHost,
+        addresses: Records,
+        policy: Policy | None,
+        mx_secure: bool,
     ) -> Flow[_Mode | None]:
-        """The mode for ``host``; ``None`` when an enforced policy rules it out."""
-        if self.dane and secure:
-            name = f"_{self.port}._tcp.{host.name}"
-            tlsa = yield Call(lookup, (self.resolver, name, "TLSA"))
-            if tlsa.secure and tlsa.values:
-                records = tuple(parse_tlsa(v) for v in tlsa.values)
+        """The mode for ``host``; ``None`` when an enforced policy rules it out.
+
+        DANE needs the MX answer and the host's address answers authenticated
+        (RFC 7672 §2.2.1, §2.2.2): a forged MX or address could otherwise pick
+        the TLSA records that apply.
+        """
+        if self.dane and mx_secure and addresses.secure:
+            found = yield Call(
+                lookup_tlsa, (self.resolver, self.port, host.name, addresses.canonical)
+            )
+            if found is not None:
+                base, values = found
+                records = tuple(parse_tlsa(v) for v in values)
                 if not any(r.usable for r in records):
                     result.tls_failures.append(
                         TlsFailure("tlsa-invalid", "tlsa", host.name, None, "no-usable-tlsa-record")
                     )
-                return _Mode("dane", records, require_tls=True)
+                names = tuple(dict.fromkeys((base, host.name)))
+                return _Mode("dane", records, require_tls=True, base=base, names=names)
         if policy is None:
             return _Mode("none")
         if not policy.allows(host.name):
@@ -293,14 +325,16 @@ class Delivery:
         self.clients[key] = pair
         return pair
 
-    def _server(self, host: MxHost, address: str, options: Option) -> Server:
+    def _server(
+        self, host: MxHost, address: str, options: Option, sni: str | None = None
+    ) -> Server:
         return Server(
             address,
             port=self.port,
             timeout=self.timeout,
             options=options | Option.EXTENDED,
             local_hostname=self.local_hostname,
-            tls_server_name=host.name,
+            tls_server_name=sni or host.name,
             ca_file=self.ca_file,
         )
 
@@ -313,7 +347,7 @@ class Delivery:
         policy_type = "tlsa" if dane else "sts"
         error: TlsError | None = None
         try:
-            client: AnyClient = yield Connect(self._server(host, address, options))
+            client: AnyClient = yield Connect(self._server(host, address, options, mode.base))
         except TlsError as exc:
             result.tls_failures.append(TlsFailure(rpt_type(exc), policy_type, host.name, address))
             # The policy, not the host, forbids going on: the next MX, or later, may do better.
@@ -322,18 +356,26 @@ class Delivery:
             raise error
         if not dane:
             return client, True
-        der = client.tls_info.peer_certificate_der if client.tls_info else None
+        info = client.tls_info
         if not any(r.usable for r in mode.tlsa):
             return client, False  # RFC 7672 §2.2: unusable records: TLS, unauthenticated
-        if der is not None and match_leaf(list(mode.tlsa), der) is not None:
+        der = info.peer_certificate_der if info else None
+        match = (
+            authenticate(mode.tlsa, der, info.peer_chain_der, mode.names) if info and der else None
+        )
+        if match is not None and match.record is not None:
             return client, True
         yield Close(client)
-        result.tls_failures.append(
-            TlsFailure("validation-failure", "tlsa", host.name, address, "tlsa-mismatch")
+        kind, why = (
+            (match.failure.result_type, match.failure.reason)
+            if match and match.failure
+            else ("validation-failure", "tlsa-mismatch")
         )
+        result.tls_failures.append(TlsFailure(kind, "tlsa", host.name, address, why))
+        detail = "" if why == "tlsa-mismatch" else f" ({why})"
         raise TlsError(
             f"the certificate of {host.name} ({address}) matches none of its DANE TLSA "
-            "records; no message was sent to it",
+            f"records{detail}; no message was sent to it",
             stage="starttls",
             is_temporary=True,
         )

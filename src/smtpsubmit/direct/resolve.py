@@ -36,6 +36,7 @@ __all__ = [
     "lookup",
     "lookup_addresses",
     "lookup_mx",
+    "lookup_tlsa",
 ]
 
 
@@ -65,11 +66,16 @@ class MxLookup:
 
 @dataclass(frozen=True)
 class Records:
-    """An RRset as text, whether the answer was authenticated, and whether the name exists."""
+    """An RRset as text, whether the answer was authenticated, and whether the name exists.
+
+    ``canonical`` is the name the answer is for once CNAMEs are followed (lower
+    case, no trailing dot); ``None`` when no CNAME was involved.
+    """
 
     values: list[str]
     secure: bool
     exists: bool = True
+    canonical: str | None = None
 
 
 def default_resolver(timeout: float) -> dns.resolver.Resolver:
@@ -139,7 +145,8 @@ def lookup(resolver: dns.resolver.Resolver, name: str, rdtype: str) -> Records:
     except dns.exception.DNSException as exc:
         raise DnsFailure(f"DNS lookup of {name} {rdtype} failed: {exc}", temporary=True) from None
     values = [rdata.to_text() for rdata in answer.rrset] if answer.rrset is not None else []
-    return Records(values, _secure(answer))
+    final = answer.canonical_name.to_text(omit_final_dot=True).lower()
+    return Records(values, _secure(answer), canonical=final if final != name.lower() else None)
 
 
 def lookup_mx(resolver: dns.resolver.Resolver, domain: str, rng: random.Random) -> MxLookup:
@@ -178,10 +185,13 @@ def lookup_addresses(resolver: dns.resolver.Resolver, host: str) -> Records:
     """IPv4 then IPv6 addresses of ``host``; secure only when every answer was.
 
     A temporary failure of one family is tolerated when the other gave addresses.
+    When ``host`` is an alias, ``canonical`` is the name its CNAME chain ends at
+    (DANE looks for TLSA records there first, RFC 7672 §2.2.2).
     """
     values: list[str] = []
     secure = True
     exists = False
+    canonical: str | None = None
     failure: DnsFailure | None = None
     for rdtype in ("A", "AAAA"):
         try:
@@ -192,6 +202,26 @@ def lookup_addresses(resolver: dns.resolver.Resolver, host: str) -> Records:
         values += records.values
         secure = secure and records.secure
         exists = exists or records.exists
+        canonical = canonical or (records.canonical if records.values else None)
     if failure is not None and not values:
         raise failure
-    return Records(values, secure and bool(values), exists)
+    return Records(values, secure and bool(values), exists, canonical)
+
+
+def lookup_tlsa(
+    resolver: dns.resolver.Resolver, port: int, host: str, canonical: str | None
+) -> tuple[str, list[str]] | None:
+    """(TLSA base domain, records) when authenticated TLSA records apply to ``host``.
+
+    RFC 7672 §2.2.2: for an alias (``canonical``, the name its secure CNAME
+    chain ends at; the caller checked that the address answers were
+    authenticated), the expanded name first; when that name securely has
+    none, the MX host name. An unauthenticated answer means no DANE.
+    """
+    for base in (canonical, host) if canonical and canonical != host else (host,):
+        tlsa = lookup(resolver, f"_{port}._tcp.{base}", "TLSA")
+        if not tlsa.secure:
+            return None
+        if tlsa.values:
+            return base, tlsa.values
+    return None
