@@ -293,3 +293,28 @@ def test_crash_semantics_are_those_of_a_relay_route(
     assert box.stats()["possible_duplicates"] == duplicates
     shown = box.show(ident)
     assert shown is not None and shown["state"] == "sent"
+
+
+def test_threads_failing_on_one_outage_back_the_domain_off_once() -> None:
+    from smtpsubmit.errors import SmtpError
+    from smtpsubmit.outbox.direct_route import DomainBackoff
+
+    backoff, down = DomainBackoff(), SmtpError("mx down", is_temporary=True)
+
+    def fail(started: float, now: float) -> None:
+        backoff.failed(
+            "mx", "a.test", started=started, now=now, delay=lambda n: 60.0 * n, error=down
+        )
+
+    fail(0.0, 10.0)
+    fail(5.0, 11.0)  # began before the first failure was recorded: the same outage
+    entry = backoff.held("mx", "a.test", 11.0)
+    assert entry is not None and (entry.failures, entry.retry_at) == (1, 70.0)
+    assert backoff.held("mx", "b.test", 11.0) is None  # per domain
+    assert backoff.held("other", "a.test", 11.0) is None  # and per route
+    assert backoff.held("mx", "a.test", 70.0) is None  # its retry time has come
+    fail(71.0, 75.0)  # tried again, failed again: longer
+    entry = backoff.held("mx", "a.test", 75.0)
+    assert entry is not None and (entry.failures, entry.retry_at) == (2, 195.0)
+    backoff.succeeded("mx", "a.test")
+    assert backoff.held("mx", "a.test", 75.0) is None and len(backoff) == 0

@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,26 +82,12 @@ class DirectRoute:
 
     def __repr__(self) -> str:
         changed = [
-            f"{name}={getattr(self, name)!r}"
-            for name, default in _DEFAULTS.items()
-            if name != "resolver" and getattr(self, name) != default
+            f"{f.name}={'...' if f.name == 'resolver' else repr(getattr(self, f.name))}"
+            for f in fields(self)
+            if getattr(self, f.name) != f.default
         ]
-        if self.resolver is not None:
-            changed.insert(0, "resolver=...")
         return f"DirectRoute({', '.join(changed)})"
 
-
-_DEFAULTS = {
-    "resolver": None,
-    "local_hostname": None,
-    "mta_sts": True,
-    "dane": True,
-    "timeout": 30.0,
-    "ca_file": None,
-    "policy_cache": None,
-    "port": 25,
-    "mta_sts_port": 443,
-}
 
 #: The direct-delivery route with default settings: ``Outbox(routes={"mx": DIRECT})``.
 DIRECT = DirectRoute()
