@@ -45,7 +45,8 @@ def worker_cmd(url: str, smtp: AiosmtpdServer, *extra: str) -> list[str]:
 
 
 def env(kill_at: str | None = None) -> dict[str, str]:
-    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # this checkout's code first: an installed smtpsubmit elsewhere must not stand in for it
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     environ.pop("SMTPSUBMIT_TEST_KILL_AT", None)
     if kill_at:
         environ["SMTPSUBMIT_TEST_KILL_AT"] = kill_at

@@ -108,7 +108,7 @@ def test_bad_urls_and_routes_are_clear_errors(tmp_path: Path, smtp: AiosmtpdServ
     box = Outbox(f"sqlite:///{tmp_path}/o.db", routes={"default": route(smtp)})
     with pytest.raises(ValueError, match="no route 'bulk'"):
         box.enqueue(message(1), route="bulk")
-    with pytest.raises(TypeError, match="route 'x' must be a Server or an account name"):
+    with pytest.raises(TypeError, match="route 'x' must be a Server, DIRECT or an account name"):
         Outbox(f"sqlite:///{tmp_path}/o.db", routes={"x": 25})  # type: ignore[dict-item]
     box.close()
 

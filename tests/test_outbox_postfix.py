@@ -68,7 +68,7 @@ def test_two_workers_on_postgres_into_postfix(postfix: Any, postgres_url: str) -
         Message(sender="s@example.org", to="bob@example.test", subject=f"{tag} {n}", text="x")
         for n in range(80)
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     env.pop("SMTPSUBMIT_TEST_KILL_AT", None)
     cmd = [
         sys.executable, "-m", "tests.outbox_worker", "work", postgres_url, postfix.host,

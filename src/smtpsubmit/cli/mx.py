@@ -19,7 +19,7 @@ from typing import Any
 
 from smtpsubmit.cli.errors import EX_NOHOST, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, UsageError
 
-__all__ = ["add_direct_options", "add_probe_options", "run_direct", "run_probe"]
+__all__ = ["add_direct_options", "add_probe_options", "resolver_for", "run_direct", "run_probe"]
 
 
 def add_direct_options(parser: argparse.ArgumentParser, *, send: bool = True) -> None:
@@ -55,13 +55,18 @@ def add_probe_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolver(args: argparse.Namespace, timeout: float) -> Any:
+    return resolver_for(args.dns_server, timeout)
+
+
+def resolver_for(dns_server: str | None, timeout: float) -> Any:
+    """The system's resolver, or the one at ``ADDR[:PORT]`` (``--dns-server``)."""
     from smtpsubmit.direct.resolve import default_resolver
 
     resolver = default_resolver(timeout)
-    if args.dns_server:
-        address, _, port = args.dns_server.rpartition(":")
+    if dns_server:
+        address, _, port = dns_server.rpartition(":")
         if not address or not port.isdigit():
-            address, port = args.dns_server, "53"
+            address, port = dns_server, "53"
         resolver.nameservers = [address.strip("[]")]
         resolver.port = int(port)
     return resolver

@@ -3,7 +3,9 @@
 Routes are the accounts of the account file (§8): every ``[accounts.NAME]``
 is the route ``NAME``, and the default account is also the route
 ``default``. Passwords come from the account (``password_command``,
-``password_env``) at start-up and stay in memory only.
+``password_env``) at start-up and stay in memory only. ``--direct NAME``
+adds a route that delivers to the recipients' MX hosts and ``--rate`` sets a
+route's RateLimit (:mod:`smtpsubmit.cli.routes`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from smtpsubmit.cli.errors import EX_OK, EX_TEMPFAIL, CliError, ConfigError, UsageError
 from smtpsubmit.cli.options import routes_from_accounts
+from smtpsubmit.cli.routes import add_route_options, direct_routes, rate_limits
 
 DESCRIPTION = """\
 Claim queued messages from the outbox and deliver them, recording each
@@ -29,6 +32,8 @@ examples:
   smtpsubmit worker                                     # the default SQLite outbox
   smtpsubmit worker --outbox postgresql://mail@db/mail --concurrency 8
   smtpsubmit worker --outbox sqlite:///var/spool/app/outbox.db --once   # from cron
+  smtpsubmit worker --rate default=100/60 --rate bulk=10/1,recipients=50
+  smtpsubmit worker --direct mx           # route `mx` delivers to the recipients' MX hosts
 
 Routes are the accounts of the account file; the default account is also `default`.
 """
@@ -80,6 +85,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--config", metavar="PATH", help="account file (the routes)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on failure")
+    add_route_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -110,13 +116,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--concurrency must be at least 1")
     if args.lease <= 0:
         raise UsageError("--lease must be a positive number of seconds")
-    routes = routes_from_accounts(args.config)
+    accounts = routes_from_accounts(args.config)
+    routes: dict[str, Any] = {**accounts, **direct_routes(args, accounts)}
     if not routes:
         raise ConfigError(
             "no routes: the account file defines no accounts",
-            hint="add [accounts.NAME] tables (each is a route) and a default",
+            hint="add [accounts.NAME] tables (each is a route) and a default, or --direct NAME",
         )
-    outbox = open_outbox(args, routes=routes, lease=args.lease)
+    limits = rate_limits(args, routes)
+    outbox = open_outbox(args, routes=routes, lease=args.lease, rate_limits=limits)
     metrics = None
     try:
         if args.metrics_port is not None:

@@ -8,8 +8,9 @@ recipients to (re)send, what their outcomes mean under the
 :class:`~smtpsubmit.outbox.retry.RetryPolicy`, and what state the message is
 in afterwards — so the stores only record.
 
-Routes map a name to a :class:`~smtpsubmit.Server`; only the name is stored,
-so no password ever reaches the database.
+Routes map a name to a :class:`~smtpsubmit.Server` (or to direct delivery,
+:mod:`smtpsubmit.outbox.direct_route`); only the name is stored, so no
+password ever reaches the database.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from typing import Any
 from smtpsubmit.envelope import check_envelope_address
 from smtpsubmit.errors import MessageError, RecipientsRefused
 from smtpsubmit.message import Message
+from smtpsubmit.outbox.direct_route import (
+    DIRECT,
+    DIRECT_MARKER,
+    DirectRoute,
+    DirectSent,
+    DomainBackoff,
+    hold_back,
+)
 from smtpsubmit.outbox.retry import Decision, Outcome, RetryPolicy, classify
 from smtpsubmit.outbox.state import checksum
 from smtpsubmit.outbox.store import (
@@ -71,8 +80,11 @@ def open_store(url: str | None) -> Store:
 class Outbox:
     """A durable queue of outgoing mail in SQLite (default) or PostgreSQL.
 
-    A route is a :class:`~smtpsubmit.Server` or the name of an account of the
-    account file (``config``, else the default path; needs the ``cli`` extra).
+    A route is a :class:`~smtpsubmit.Server`, the name of an account of the
+    account file (``config``, else the default path; needs the ``cli`` extra),
+    or :data:`~smtpsubmit.outbox.DIRECT` (also written ``"direct"``) or a
+    :class:`~smtpsubmit.outbox.DirectRoute`: delivery straight to each
+    recipient domain's MX hosts, with per-domain backoff.
     Workers send through one :class:`~smtpsubmit.Pool` per route;
     ``rate_limits`` maps a route name to the ``RateLimit`` of that pool.
     ``clock`` (wall-clock seconds) and ``random`` (the jitter draw) are
@@ -83,7 +95,7 @@ class Outbox:
         self,
         url: str | None = None,
         *,
-        routes: Mapping[str, Server | str] | None = None,
+        routes: Mapping[str, Server | DirectRoute | str] | None = None,
         rate_limits: Mapping[str, RateLimit] | None = None,
         policy: RetryPolicy | None = None,
         lease: float = 60.0,
@@ -101,6 +113,8 @@ class Outbox:
         self.lease = float(lease)
         self.clock = clock
         self.random = random
+        # The domains of direct routes whose MX hosts are all failing (per process).
+        self.direct_backoff = DomainBackoff()
         self.store = open_store(url)
         if migrate and not getattr(self.store, "read_only", False):
             self.store.migrate()
@@ -322,6 +336,9 @@ class Outbox:
                     decided.append(_dead(r.position, decision))
                 elif r.retry_at <= now:
                     send.append(r)
+        if send and isinstance((self.routes or {}).get(claimed.route), DirectRoute):
+            send, held = hold_back(self, claimed, send, now)
+            decided += held
         return send, decided
 
     def outcomes(
@@ -335,6 +352,16 @@ class Outbox:
         age = now - claimed.created
         updates: list[RecipientUpdate] = []
         for r in sent_to:
+            if isinstance(result, DirectSent):  # each domain had its own transaction
+                failure_of = result.failure(r.address)
+                if failure_of is None:
+                    reply = result.reply_for(r.address)
+                    updates.append(
+                        RecipientUpdate(r.position, "sent", None, reply.code, reply.text)
+                    )
+                else:
+                    updates.append(self._failed(r, failure_of, age, now))
+                continue
             if isinstance(result, SubmitResult):
                 if r.address not in result.refused:  # the data was taken for every other one
                     reply = result.reply
@@ -372,7 +399,7 @@ class Outbox:
 
 
 def _check_rate_limits(
-    limits: Mapping[str, RateLimit] | None, routes: dict[str, Server] | None
+    limits: Mapping[str, RateLimit] | None, routes: dict[str, Server | DirectRoute] | None
 ) -> dict[str, RateLimit]:
     """Route name -> its limit; kept in the process like the servers, never in the database."""
     checked = dict(limits or {})
@@ -385,12 +412,18 @@ def _check_rate_limits(
 
 
 def _resolve_routes(
-    routes: Mapping[str, Server | str] | None, config: str | None
-) -> dict[str, Server] | None:
+    routes: Mapping[str, Server | DirectRoute | str] | None, config: str | None
+) -> dict[str, Server | DirectRoute] | None:
     if routes is None:
         return None
-    resolved: dict[str, Server] = {}
+    resolved: dict[str, Server | DirectRoute] = {}
     for name, server in routes.items():
+        if isinstance(server, DirectRoute):
+            resolved[name] = server
+            continue
+        if server == DIRECT_MARKER:  # contract §13: "routes of the outbox may be direct"
+            resolved[name] = DIRECT
+            continue
         if isinstance(server, str):
             from smtpsubmit.cli.errors import CliError
             from smtpsubmit.cli.options import server_for_account
@@ -401,7 +434,8 @@ def _resolve_routes(
                 raise ValueError(f"route {name!r}: {exc}") from None
         if not isinstance(server, Server):
             raise TypeError(
-                f"route {name!r} must be a Server or an account name, not {type(server).__name__}"
+                f"route {name!r} must be a Server, DIRECT or an account name, "
+                f"not {type(server).__name__}"
             )
         resolved[name] = server
     return resolved

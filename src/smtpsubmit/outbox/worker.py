@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from smtpsubmit.errors import MessageError, SmtpError
+from smtpsubmit.outbox.direct_route import DirectRoute, DirectSender, Sender
 from smtpsubmit.outbox.state import checksum, summarize
 from smtpsubmit.outbox.store import Begin, Claimed, Finish, RecipientUpdate, StoreError
 from smtpsubmit.pool import Pool
@@ -68,7 +69,8 @@ _hook = _KillHook(os.environ.get("SMTPSUBMIT_TEST_KILL_AT"))
 
 
 class _Routes:
-    """One :class:`~smtpsubmit.Pool` per route for the whole worker, shared by its threads.
+    """One :class:`~smtpsubmit.Pool` per route for the whole worker, shared by its threads
+    (a direct route gets a :class:`~smtpsubmit.outbox.direct_route.DirectSender` instead).
 
     ``max_connections`` is the worker's concurrency, so a thread never waits for a
     connection; the route's ``RateLimit`` (``Outbox(rate_limits=...)``) is the pool's.
@@ -79,19 +81,24 @@ class _Routes:
     def __init__(self, outbox: Outbox, concurrency: int) -> None:
         self.outbox = outbox
         self.concurrency = concurrency
-        self.pools: dict[str, Pool] = {}
+        self.pools: dict[str, Sender] = {}
         self.lock = threading.Lock()
 
-    def pool(self, route: str, server: Server) -> Pool:
+    def pool(self, route: str, server: Server | DirectRoute) -> Sender:
         with self.lock:
             pool = self.pools.get(route)
             if pool is None:
-                pool = self.pools[route] = Pool(
-                    server,
-                    max_connections=self.concurrency,
-                    rate_limit=self.outbox.rate_limits.get(route),
-                    rate_retries=0,
-                )
+                limit = self.outbox.rate_limits.get(route)
+                if isinstance(server, DirectRoute):  # the one place a direct route differs
+                    pool = DirectSender(self.outbox, route, server, limit)
+                else:
+                    pool = Pool(
+                        server,
+                        max_connections=self.concurrency,
+                        rate_limit=limit,
+                        rate_retries=0,
+                    )
+                self.pools[route] = pool
             return pool
 
     def close(self) -> None:
@@ -259,7 +266,7 @@ class Worker:
         return Finish(claimed.id, self.owner, decided, state, due, reason, now)
 
     def _send(
-        self, claimed: Claimed, recipients: list[str], pool: Pool, granted_at: float
+        self, claimed: Claimed, recipients: list[str], pool: Sender, granted_at: float
     ) -> SubmitResult | BaseException:
         try:
             return pool.send_reserved(
