@@ -54,6 +54,7 @@ class PostgresStore(SqlStore):
 
     blob_type = "BYTEA"
     lock_clause = " FOR UPDATE SKIP LOCKED"
+    row_lock = " FOR UPDATE"
     poll_interval = 30.0  # NOTIFY wakes idle workers; this is only a safety net
 
     def __init__(self, url: str) -> None:
