@@ -192,3 +192,58 @@ def record_group(
     write(_BEGIN_MESSAGES, [(b.message, b.now + b.lease) for b in begins])
     write(_BEGIN_RECIPIENTS, [(b.message, p) for b in begins for p in b.positions])
     return results
+
+
+# PostgreSQL writes a whole group in one statement: the lease checks are the updates' own
+# WHERE (a row a claimer took over meanwhile is re-checked at its newest version, so a lost
+# lease writes nothing), recipients are updated only for the messages those updates
+# returned, and the arrays keep the text fixed, so psycopg prepares it once.
+POSTGRES_RECORD = """WITH
+fv AS (SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[], ?::text[],
+    ?::float8[]) AS v (id, owner, state, due, reason, finished)),
+bv AS (SELECT * FROM unnest(?::text[], ?::text[], ?::float8[]) AS v (id, owner, lease_until)),
+fm AS (UPDATE outbox_message m SET state = fv.state, due = fv.due, reason = fv.reason,
+    lease_owner = NULL, lease_until = NULL, finished = fv.finished
+    FROM fv WHERE m.id = fv.id AND m.lease_owner = fv.owner RETURNING m.id),
+bm AS (UPDATE outbox_message m SET lease_until = bv.lease_until, attempts = m.attempts + 1
+    FROM bv WHERE m.id = bv.id AND m.lease_owner = bv.owner AND m.state = 'sending'
+    RETURNING m.id),
+fr AS (UPDATE outbox_recipient r SET state = v.state, retry_at = v.retry_at,
+    reply_code = v.reply_code, reply_text = v.reply_text, unknowns = r.unknowns + v.unknown
+    FROM unnest(?::text[], ?::int[], ?::text[], ?::float8[], ?::int[], ?::text[], ?::int[])
+        AS v (message, position, state, retry_at, reply_code, reply_text, unknown)
+    WHERE r.message = v.message AND r.position = v.position
+        AND v.message IN (SELECT id FROM fm)),
+br AS (UPDATE outbox_recipient r SET state = 'sending', attempts = r.attempts + 1,
+    resent = r.resent + CASE WHEN r.unknowns > 0 THEN 1 ELSE 0 END
+    FROM unnest(?::text[], ?::int[]) AS v (message, position)
+    WHERE r.message = v.message AND r.position = v.position
+        AND v.message IN (SELECT id FROM bm))
+SELECT 'f', id FROM fm UNION ALL SELECT 'b', id FROM bm"""
+
+
+def postgres_params(records: Sequence[Record]) -> list[list[Any]]:
+    """The arrays :data:`POSTGRES_RECORD` takes, column by column."""
+    finishes = [f for f, _ in records if f is not None]
+    begins = [b for _, b in records if b is not None]
+    updates = [(f.message, u) for f in finishes for u in f.updates]
+    return [
+        [f.message for f in finishes],
+        [f.owner for f in finishes],
+        [f.state for f in finishes],
+        [f.due for f in finishes],
+        [f.reason for f in finishes],
+        [None if f.state in _WAITING else f.now for f in finishes],
+        [b.message for b in begins],
+        [b.owner for b in begins],
+        [b.now + b.lease for b in begins],
+        [m for m, _ in updates],
+        [u.position for _, u in updates],
+        [u.state for _, u in updates],
+        [u.retry_at for _, u in updates],
+        [u.reply_code for _, u in updates],
+        [u.reply_text for _, u in updates],
+        [int(u.unknown) for _, u in updates],
+        [b.message for b in begins for _ in b.positions],
+        [p for b in begins for p in b.positions],
+    ]
