@@ -69,7 +69,12 @@ class PostgresStore(SqlStore):
 
     def _connect(self) -> Any:
         with translate_errors((self._pg.Error,), f"cannot connect to the outbox {self._where}"):
-            return self._pg.connect(self.url, autocommit=True)
+            conn = self._pg.connect(self.url, autocommit=True)
+            # psycopg prepares a statement run five times, and PostgreSQL may then plan it
+            # once for any parameters: for the claim (``due <= $1 … LIMIT $2``) that plan
+            # sorts every waiting row, 40 ms a claim with 100,000 waiting instead of 0.1.
+            conn.execute("SET plan_cache_mode = force_custom_plan")
+            return conn
 
     def _connection(self) -> Any:
         conn = self._connections.get()

@@ -58,9 +58,12 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("smtpsubmit.outbox")
 IDLE_POLL = 1.0  # after a database error, how long before trying again
-#: Messages in flight per worker process (threads, each with its own pooled connection):
-#: enough for their records to share commits (see smtpsubmit.outbox.commit).
-DEFAULT_CONCURRENCY = 8
+#: Messages in flight per worker process (threads, one message each): enough for their
+#: records to share commits (see smtpsubmit.outbox.commit); more did not help on 2 cores.
+DEFAULT_CONCURRENCY = 16
+#: Connections per route and worker process. A thread holds one only while it sends (not
+#: while it waits for a commit), so more threads than this still fill every connection.
+MAX_CONNECTIONS = 8
 
 
 class _KillHook:
@@ -87,8 +90,11 @@ _hook = _KillHook(os.environ.get("SMTPSUBMIT_TEST_KILL_AT"))
 class _Routes:
     """One :class:`~smtpsubmit.Pool` per route for the whole worker, shared by its threads.
 
-    ``max_connections`` is the worker's concurrency, so a thread never waits for a
-    connection; the route's ``RateLimit`` (``Outbox(rate_limits=...)``) is the pool's.
+    ``max_connections`` is the worker's concurrency up to :data:`MAX_CONNECTIONS`: a
+    thread holds a connection only while it sends, so the threads waiting for their
+    commit leave the connections to the others, and a server sees at most that many
+    sessions from one worker. The route's ``RateLimit`` (``Outbox(rate_limits=...)``)
+    is the pool's.
     The pool does not retry rate refusals itself (``rate_retries=0``): the retry
     policy owns retries, and a thread must not sleep under a lease it already used.
     """
@@ -105,7 +111,7 @@ class _Routes:
             if pool is None:
                 pool = self.pools[route] = Pool(
                     server,
-                    max_connections=self.concurrency,
+                    max_connections=min(self.concurrency, MAX_CONNECTIONS),
                     rate_limit=self.outbox.rate_limits.get(route),
                     rate_retries=0,
                 )
