@@ -68,7 +68,13 @@ test: system-deps lint types docs fuzz django-lts pytest
 fuzz: $(STAMP)
 	$(BIN)/python -m fuzz --seconds 60
 
-bench: $(STAMP) system-deps
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP) system-deps
 	$(BIN)/python -m bench
 
 clean:

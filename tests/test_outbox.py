@@ -178,7 +178,7 @@ def test_not_before_and_priority(outbox: Outbox, smtp: AiosmtpdServer, clock: Cl
     outbox.enqueue(message(0), not_before=later)
     outbox.enqueue(message(1), priority=0)
     outbox.enqueue(message(2), priority=5)
-    outbox.run(stop_when_idle=True, batch_size=1)
+    outbox.run(concurrency=1, stop_when_idle=True, batch_size=1)  # one at a time: claim order
     assert subjects(smtp) == ["outbox message 2", "outbox message 1"]
     clock.advance(3601)
     outbox.run(stop_when_idle=True)

@@ -62,7 +62,9 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_outbox_option(parser)
-    parser.add_argument("--concurrency", type=int, default=1, metavar="N", help="threads")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, metavar="N", help="messages in flight (default 16)"
+    )
     parser.add_argument(
         "--lease",
         type=float,

@@ -293,9 +293,13 @@ class Outbox:
         return self.store.purge(sent=sent)
 
     def run(
-        self, concurrency: int = 1, *, stop_when_idle: bool = False, batch_size: int = 8
+        self, concurrency: int = 16, *, stop_when_idle: bool = False, batch_size: int = 8
     ) -> None:
-        """Deliver queued mail with ``concurrency`` threads until SIGTERM (or idle)."""
+        """Deliver queued mail with ``concurrency`` threads until SIGTERM (or idle).
+
+        Each thread has one message in flight; their records share commits, so more
+        threads mean fewer disk flushes per message (the default, 16, was the best rate
+        on 2 cores; one thread is one message at a time, as strict as it gets)."""
         from smtpsubmit.outbox.worker import Worker
 
         Worker(self, concurrency=concurrency, batch_size=batch_size).run(

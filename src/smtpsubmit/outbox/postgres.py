@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from smtpsubmit.outbox.records import POSTGRES_RECORD, postgres_params
 from smtpsubmit.outbox.sql import Connections, Cursor, SqlStore, translate_errors
-from smtpsubmit.outbox.store import StoreError
+from smtpsubmit.outbox.store import Claimed, ClaimRequest, Record, StoreError
 
 __all__ = ["CHANNEL", "PostgresStore", "redact_url"]
 
@@ -68,7 +69,12 @@ class PostgresStore(SqlStore):
 
     def _connect(self) -> Any:
         with translate_errors((self._pg.Error,), f"cannot connect to the outbox {self._where}"):
-            return self._pg.connect(self.url, autocommit=True)
+            conn = self._pg.connect(self.url, autocommit=True)
+            # psycopg prepares a statement run five times, and PostgreSQL may then plan it
+            # once for any parameters: for the claim (``due <= $1 … LIMIT $2``) that plan
+            # sorts every waiting row, 40 ms a claim with 100,000 waiting instead of 0.1.
+            conn.execute("SET plan_cache_mode = force_custom_plan")
+            return conn
 
     def _connection(self) -> Any:
         conn = self._connections.get()
@@ -100,6 +106,34 @@ class PostgresStore(SqlStore):
             conn = self._connection()  # a new one: the dead one is closed
             stack.enter_context(conn.transaction())
         return conn
+
+    def commit_group(
+        self, records: Sequence[Record], claims: Sequence[ClaimRequest]
+    ) -> tuple[list[tuple[bool, bool]], list[list[Claimed]]]:
+        """Records alone are one statement, so one round trip: no ``BEGIN``/``COMMIT``
+        around it (the connection is in autocommit; the statement is its transaction).
+        A group with claims is an explicit transaction, whose ``BEGIN`` also replaces a
+        connection found dead — as one is after idling, for a worker's first write
+        after an idle spell is always a claim."""
+        if claims or not records:
+            return super().commit_group(records, claims)
+        with translate_errors((self._pg.Error,), f"outbox {self._where}"):
+            cur = self._connection().execute(self._sql(POSTGRES_RECORD), postgres_params(records))
+            return self._results(records, cur.fetchall()), []
+
+    def _record(self, cur: Cursor, records: Sequence[Record]) -> list[tuple[bool, bool]]:
+        """The whole group in one statement (:data:`~.records.POSTGRES_RECORD`)."""
+        rows = self._run(cur, POSTGRES_RECORD, postgres_params(records)).fetchall()
+        return self._results(records, rows)
+
+    @staticmethod
+    def _results(records: Sequence[Record], rows: list[Any]) -> list[tuple[bool, bool]]:
+        finished = {str(i) for kind, i in rows if kind == "f"}
+        began = {str(i) for kind, i in rows if kind == "b"}
+        return [
+            (f is not None and f.message in finished, b is not None and b.message in began)
+            for f, b in records
+        ]
 
     def _lock_schema(self, cur: Cursor) -> None:
         # Two workers starting together must not both create the tables.

@@ -18,14 +18,15 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+from smtpsubmit.outbox.records import record_group
 from smtpsubmit.outbox.store import (
     DEAD_STATES,
     MESSAGE_STATES,
-    Begin,
     Claimed,
-    Finish,
+    ClaimRequest,
     NewMessage,
     Recipient,
+    Record,
     Store,
     StoreError,
 )
@@ -137,6 +138,8 @@ class SqlStore(Store):
 
     blob_type = "BLOB"
     lock_clause = ""
+    row_lock = ""  # locks rows read to be written in this transaction (PostgreSQL)
+    batched_updates = True  # ``UPDATE … FROM (VALUES …)`` (SQLite 3.33+)
 
     @abc.abstractmethod
     def _tx(self, connection: Any = None) -> contextlib.AbstractContextManager[Cursor]:
@@ -148,6 +151,12 @@ class SqlStore(Store):
     def _run(self, cur: Cursor, sql: str, params: Sequence[Any] = ()) -> Cursor:
         cur.execute(self._sql(sql), tuple(params))
         return cur
+
+    def _use_index(self, index: str) -> str:
+        """Hook: make the claim walk its partial index (SQLite's planner, without
+        statistics, prefers the state index and sorts every waiting row: a claim would
+        then cost as much as the queue is deep)."""
+        return ""
 
     def _after_insert(self, cur: Cursor) -> None:
         """Hook: wake idle workers (PostgreSQL NOTIFY)."""
@@ -204,44 +213,65 @@ class SqlStore(Store):
 
     # ---- workers
 
-    def claim(self, owner: str, limit: int, now: float, lease: float) -> list[Claimed]:
+    def commit_group(
+        self, records: Sequence[Record], claims: Sequence[ClaimRequest]
+    ) -> tuple[list[tuple[bool, bool]], list[list[Claimed]]]:
         with self._tx() as cur:
-            expired = [
-                str(r[0])
-                for r in self._run(
-                    cur,
-                    "SELECT id FROM outbox_message WHERE state = 'sending' AND lease_until < ?"
-                    f" ORDER BY lease_until LIMIT ?{self.lock_clause}",
-                    [now, limit],
-                ).fetchall()
-            ]
-            due = [
-                str(r[0])
-                for r in self._run(
-                    cur,
-                    f"SELECT id FROM outbox_message WHERE {_PENDING} AND due <= ?"
-                    f" ORDER BY priority DESC, due LIMIT ?{self.lock_clause}",
-                    [now, limit - len(expired)],
-                ).fetchall()
-            ]
-            ids = expired + due
-            if not ids:
-                return []
+            results = self._record(cur, records) if records else []
+            claimed = [self._claim(cur, c.owner, c.limit, c.now, c.lease) for c in claims]
+        return results, claimed
+
+    def _record(self, cur: Cursor, records: Sequence[Record]) -> list[tuple[bool, bool]]:
+        return record_group(
+            self._run,
+            cur,
+            records,
+            row_lock=self.row_lock,
+            batched=self.batched_updates,
+            sql=self._sql,
+        )
+
+    def _claim(
+        self, cur: Cursor, owner: str, limit: int, now: float, lease: float
+    ) -> list[Claimed]:
+        expired = [
+            str(r[0])
+            for r in self._run(
+                cur,
+                f"SELECT id FROM outbox_message{self._use_index('outbox_message_lease')}"
+                " WHERE state = 'sending' AND lease_until < ?"
+                f" ORDER BY lease_until LIMIT ?{self.lock_clause}",
+                [now, limit],
+            ).fetchall()
+        ]
+        due = [
+            str(r[0])
+            for r in self._run(
+                cur,
+                f"SELECT id FROM outbox_message{self._use_index('outbox_message_due')}"
+                f" WHERE {_PENDING} AND due <= ?"
+                f" ORDER BY priority DESC, due LIMIT ?{self.lock_clause}",
+                [now, limit - len(expired)],
+            ).fetchall()
+        ]
+        ids = expired + due
+        if not ids:
+            return []
+        self._run(
+            cur,
+            "UPDATE outbox_message SET state = 'sending', lease_owner = ?, lease_until = ?"
+            f" WHERE id IN ({_marks(len(ids))})",
+            [owner, now + lease, *ids],
+        )
+        if expired:  # a worker died holding these: whatever it was sending may have arrived
             self._run(
                 cur,
-                "UPDATE outbox_message SET state = 'sending', lease_owner = ?, lease_until = ?"
-                f" WHERE id IN ({_marks(len(ids))})",
-                [owner, now + lease, *ids],
+                "UPDATE outbox_recipient SET state = 'unknown', unknowns = unknowns + 1,"
+                " retry_at = ? WHERE state = 'sending'"
+                f" AND message IN ({_marks(len(expired))})",
+                [now, *expired],
             )
-            if expired:  # a worker died holding these: whatever it was sending may have arrived
-                self._run(
-                    cur,
-                    "UPDATE outbox_recipient SET state = 'unknown', unknowns = unknowns + 1,"
-                    " retry_at = ? WHERE state = 'sending'"
-                    f" AND message IN ({_marks(len(expired))})",
-                    [now, *expired],
-                )
-            return self._load(cur, ids)
+        return self._load(cur, ids)
 
     def _load(self, cur: Cursor, ids: list[str]) -> list[Claimed]:
         marks = _marks(len(ids))
@@ -271,60 +301,6 @@ class SqlStore(Store):
             for r in rows
         }
         return [by_id[i] for i in ids if i in by_id]
-
-    def record(self, finish: Finish | None, begin: Begin | None) -> tuple[bool, bool]:
-        with self._tx() as cur:
-            finished = finish is not None and self._finish(cur, finish)
-            began = begin is not None and self._begin(cur, begin)
-        return finished, began
-
-    def _begin(self, cur: Cursor, b: Begin) -> bool:
-        self._run(
-            cur,
-            "UPDATE outbox_message SET lease_until = ?, attempts = attempts + 1"
-            " WHERE id = ? AND lease_owner = ? AND state = 'sending'",
-            [b.now + b.lease, b.message, b.owner],
-        )
-        if cur.rowcount != 1:
-            return False
-        self._run(
-            cur,
-            "UPDATE outbox_recipient SET state = 'sending', attempts = attempts + 1,"
-            " resent = resent + CASE WHEN unknowns > 0 THEN 1 ELSE 0 END"
-            f" WHERE message = ? AND position IN ({_marks(len(b.positions))})",
-            [b.message, *b.positions],
-        )
-        return True
-
-    def _finish(self, cur: Cursor, f: Finish) -> bool:
-        final = f.state not in ("queued", "deferred")
-        self._run(
-            cur,
-            "UPDATE outbox_message SET state = ?, due = ?, reason = ?, lease_owner = NULL,"
-            " lease_until = NULL, finished = ? WHERE id = ? AND lease_owner = ?",
-            [f.state, f.due, f.reason, f.now if final else None, f.message, f.owner],
-        )
-        if cur.rowcount != 1:
-            return False
-        cur.executemany(
-            self._sql(
-                "UPDATE outbox_recipient SET state = ?, retry_at = ?, reply_code = ?,"
-                " reply_text = ?, unknowns = unknowns + ? WHERE message = ? AND position = ?"
-            ),
-            [
-                (
-                    u.state,
-                    u.retry_at,
-                    u.reply_code,
-                    u.reply_text,
-                    int(u.unknown),
-                    f.message,
-                    u.position,
-                )
-                for u in f.updates
-            ],
-        )
-        return True
 
     def next_due(self) -> float | None:
         with self._tx() as cur:

@@ -2,7 +2,8 @@
 
 Durability: WAL journal and ``synchronous=FULL``, so a commit that returned
 survives a power cut, not only a crash. Writers are serialised by ``BEGIN
-IMMEDIATE`` (one writer transaction per claim batch); readers never block.
+IMMEDIATE`` (one writer transaction per claim batch, or per group of records,
+see :mod:`~smtpsubmit.outbox.commit`); readers never block.
 Each thread gets its own connection, so any number of worker threads and
 processes can share the file on one machine.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -55,10 +57,17 @@ def path_from_url(url: str) -> tuple[str, bool]:
 class SqliteStore(SqlStore):
     """An outbox in one SQLite file."""
 
+    batched_updates = sqlite3.sqlite_version_info >= (3, 33)
+
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
         self.read_only = read_only
         self._connections = Connections()
+        # SQLite lets one writer in at a time and makes the others poll (sleeping 1 ms,
+        # then longer): the threads of one process queue here instead, in turn.
+        self._writer: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if read_only else threading.Lock()
+        )
         if not read_only:
             directory = os.path.dirname(os.path.abspath(path))
             with translate_errors((OSError,), f"cannot create {directory!r}"):
@@ -96,7 +105,10 @@ class SqliteStore(SqlStore):
                 yield connection.cursor()
             return
         conn = self._connection()
-        with translate_errors((sqlite3.Error,), f"outbox {self.path!r}"):
+        with (
+            self._writer,
+            translate_errors((sqlite3.Error,), f"outbox {self.path!r}"),
+        ):
             cur = conn.cursor()
             cur.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
             try:
@@ -105,6 +117,9 @@ class SqliteStore(SqlStore):
                 conn.rollback()
                 raise
             conn.commit()
+
+    def _use_index(self, index: str) -> str:
+        return f" INDEXED BY {index}"
 
     def close(self) -> None:
         self._connections.close_all()

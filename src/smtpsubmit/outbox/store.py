@@ -26,11 +26,13 @@ __all__ = [
     "DEAD_STATES",
     "PENDING_STATES",
     "Begin",
+    "ClaimRequest",
     "Claimed",
     "Finish",
     "NewMessage",
     "Recipient",
     "RecipientUpdate",
+    "Record",
     "Store",
     "StoreError",
 ]
@@ -121,6 +123,20 @@ class Finish:
     now: float
 
 
+@dataclass(frozen=True)
+class ClaimRequest:
+    """Lease up to ``limit`` due messages to ``owner`` until ``now + lease``."""
+
+    owner: str
+    limit: int
+    now: float
+    lease: float
+
+
+#: What one message's passage through a worker writes: an outcome, a ``sending``, or both.
+Record = tuple[Finish | None, Begin | None]
+
+
 class Store(abc.ABC):
     """What the outbox needs from a database; every method commits before returning."""
 
@@ -140,17 +156,28 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def claim(self, owner: str, limit: int, now: float, lease: float) -> list[Claimed]:
-        """Lease up to ``limit`` due messages (and expired leases) to ``owner``.
+    def commit_group(
+        self, records: Sequence[Record], claims: Sequence[ClaimRequest]
+    ) -> tuple[list[tuple[bool, bool]], list[list[Claimed]]]:
+        """One transaction (one durable commit) for many messages.
 
-        Recipients a dead worker left in ``sending`` become ``unknown``.
+        First, for each ``(finish, begin)`` record in order: record a message's outcomes
+        and release its lease, then mark another message's recipients ``sending`` and
+        renew its lease; each part of each result is False when that message's lease was
+        lost (nothing of it is then written). The records name distinct messages
+        (:mod:`~smtpsubmit.outbox.commit` groups them). Then each claim: lease up to
+        ``limit`` due messages (and expired leases) to ``owner``; recipients a dead
+        worker left in ``sending`` become ``unknown``.
         """
 
-    @abc.abstractmethod
+    def claim(self, owner: str, limit: int, now: float, lease: float) -> list[Claimed]:
+        return self.commit_group([], [ClaimRequest(owner, limit, now, lease)])[1][0]
+
+    def record_many(self, records: Sequence[Record]) -> list[tuple[bool, bool]]:
+        return self.commit_group(records, [])[0]
+
     def record(self, finish: Finish | None, begin: Begin | None) -> tuple[bool, bool]:
-        """In one transaction: record one message's outcomes and release its lease, then
-        mark the next message's recipients ``sending`` and renew its lease. Each part is
-        False when that message's lease was lost (nothing of it is then written)."""
+        return self.record_many([(finish, begin)])[0]
 
     def finish(self, finish: Finish) -> bool:
         return self.record(finish, None)[0]

@@ -7,6 +7,12 @@ and (3) leaves ``sending``; when the lease runs out another worker turns it
 into ``unknown`` and the retry policy decides (by default: one byte-identical
 resend, counted as a possible duplicate).
 
+``concurrency`` threads do this at once, each with its own pooled connection
+and one message in flight, and hand their records to one committer
+(:mod:`~smtpsubmit.outbox.commit`): one transaction, one disk flush, for the
+records of every thread waiting — the disk's latency is paid per group, not
+per message. :meth:`Worker._send` is the one place a claimed message is sent.
+
 ``SIGTERM`` (and ``SIGINT``) stop claiming; messages in flight finish and the
 rest of a claimed batch is released at once for other workers.
 
@@ -31,9 +37,17 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from smtpsubmit.errors import MessageError, SmtpError
+from smtpsubmit.outbox.commit import Committer, Ticket
 from smtpsubmit.outbox.direct_route import DirectRoute, DirectSender, Sender
 from smtpsubmit.outbox.state import checksum, summarize
-from smtpsubmit.outbox.store import Begin, Claimed, Finish, RecipientUpdate, StoreError
+from smtpsubmit.outbox.store import (
+    Begin,
+    Claimed,
+    ClaimRequest,
+    Finish,
+    RecipientUpdate,
+    StoreError,
+)
 from smtpsubmit.pool import Pool
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
@@ -45,6 +59,12 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("smtpsubmit.outbox")
 IDLE_POLL = 1.0  # after a database error, how long before trying again
+#: Messages in flight per worker process (threads, one message each): enough for their
+#: records to share commits (see smtpsubmit.outbox.commit); more did not help on 2 cores.
+DEFAULT_CONCURRENCY = 16
+#: Connections per route and worker process. A thread holds one only while it sends (not
+#: while it waits for a commit), so more threads than this still fill every connection.
+MAX_CONNECTIONS = 8
 
 
 class _KillHook:
@@ -72,8 +92,11 @@ class _Routes:
     """One :class:`~smtpsubmit.Pool` per route for the whole worker, shared by its threads
     (a direct route gets a :class:`~smtpsubmit.outbox.direct_route.DirectSender` instead).
 
-    ``max_connections`` is the worker's concurrency, so a thread never waits for a
-    connection; the route's ``RateLimit`` (``Outbox(rate_limits=...)``) is the pool's.
+    ``max_connections`` is the worker's concurrency up to :data:`MAX_CONNECTIONS`: a
+    thread holds a connection only while it sends, so the threads waiting for their
+    commit leave the connections to the others, and a server sees at most that many
+    sessions from one worker. The route's ``RateLimit`` (``Outbox(rate_limits=...)``)
+    is the pool's.
     The pool does not retry rate refusals itself (``rate_retries=0``): the retry
     policy owns retries, and a thread must not sleep under a lease it already used.
     """
@@ -94,7 +117,7 @@ class _Routes:
                 else:
                     pool = Pool(
                         server,
-                        max_connections=self.concurrency,
+                        max_connections=min(self.concurrency, MAX_CONNECTIONS),
                         rate_limit=limit,
                         rate_retries=0,
                     )
@@ -116,7 +139,9 @@ def _mid_data(progress: Progress) -> None:
 class Worker:
     """Threads that drain an :class:`~smtpsubmit.outbox.Outbox`."""
 
-    def __init__(self, outbox: Outbox, *, concurrency: int = 1, batch_size: int = 8) -> None:
+    def __init__(
+        self, outbox: Outbox, *, concurrency: int = DEFAULT_CONCURRENCY, batch_size: int = 8
+    ) -> None:
         if concurrency < 1 or batch_size < 1:
             raise ValueError("concurrency and batch_size must be at least 1")
         self.outbox = outbox
@@ -127,6 +152,7 @@ class Worker:
         self.sent = 0
         self._count_lock = threading.Lock()
         self._routes = _Routes(outbox, concurrency)
+        self._committer = Committer(outbox.store, self._committed)
 
     def stop(self) -> None:
         """Stop claiming; messages in flight finish."""
@@ -135,6 +161,7 @@ class Worker:
     def run(self, *, stop_when_idle: bool = False) -> None:
         """Run until :meth:`stop` (or SIGTERM), or until nothing is due when ``stop_when_idle``."""
         with self._signals():
+            self._committer.start()
             threads = [
                 threading.Thread(
                     target=self._loop, args=(stop_when_idle,), name=f"outbox-{i}", daemon=True
@@ -148,6 +175,7 @@ class Worker:
                     while thread.is_alive():
                         thread.join(0.2)  # short joins keep the main thread responsive to signals
             finally:
+                self._committer.close()
                 self._routes.close()
 
     @contextlib.contextmanager
@@ -185,7 +213,8 @@ class Worker:
     def _step(self) -> bool:
         """Claim and deliver one batch; False (after waiting, unless idle stops) if none."""
         outbox = self.outbox
-        batch = outbox.store.claim(self.owner, self.batch_size, outbox.clock(), outbox.lease)
+        claim = ClaimRequest(self.owner, self.batch_size, outbox.clock(), outbox.lease)
+        batch = self._committer.claim(claim)
         if batch:
             _hook("after-claim")
             self._work(batch)
@@ -201,37 +230,40 @@ class Worker:
         store.wait(max(wait, 0.05), self.stopping)
 
     def _work(self, batch: list[Claimed]) -> None:
-        """Deliver a batch. A message's outcome is committed in the same transaction as
-        the next message's ``sending`` (one commit per message, not two); nothing touches
-        the network in between, so the outcome is still recorded right after the reply."""
-        pending: Finish | None = None
+        """Deliver a batch, one message at a time. Each outcome goes to the committer as
+        soon as its reply is read and is durable before this thread's next ``sending``;
+        the last one before the thread claims again, so its next claim sees it."""
+        last: Ticket | None = None
         try:
             for index, claimed in enumerate(batch):
                 if self.stopping.is_set():
-                    self._commit(pending)
-                    pending = None
-                    self._release(batch[index:])
+                    last = self._release(batch[index:]) or last
                     return
                 try:
-                    pending = self._deliver(claimed, pending)
+                    finish = self._deliver(claimed)
                 except StoreError as exc:
                     # The lease runs out and another worker takes over: nothing is lost.
-                    pending = None
                     log.warning("outbox: could not record message %s: %s", claimed.id, exc)
+                    continue
+                if finish is not None:
+                    last = self._committer.finish(finish)
         finally:
-            self._commit(pending)
+            if last is not None:
+                with contextlib.suppress(StoreError):  # the committer has said it
+                    last.wait()
 
-    def _release(self, rest: list[Claimed]) -> None:
-        now = self.outbox.clock()
+    def _release(self, rest: list[Claimed]) -> Ticket | None:
+        now, last = self.outbox.clock(), None
         for claimed in rest:
             state, due = summarize(claimed.recipients, [], now)
-            self.outbox.store.finish(Finish(claimed.id, self.owner, [], state, due, None, now))
+            last = self._committer.finish(Finish(claimed.id, self.owner, [], state, due, None, now))
+        return last
 
-    def _deliver(self, claimed: Claimed, pending: Finish | None) -> Finish | None:
-        """Send one claimed message; returns its outcome, not yet committed."""
+    def _deliver(self, claimed: Claimed) -> Finish | None:
+        """Send one claimed message; returns its outcome, not yet committed (None: the
+        lease was lost before anything was sent)."""
         outbox, now = self.outbox, self.outbox.clock()
         if checksum(claimed.body) != claimed.checksum:
-            self._commit(pending)
             return self._quarantine(claimed, "corrupt: the stored body does not match its checksum")
         to_send, decided = outbox.plan(claimed, now)
         if to_send:
@@ -248,19 +280,15 @@ class Worker:
                 now = outbox.clock()
                 positions = [r.position for r in to_send]
                 begin = Begin(claimed.id, self.owner, positions, now, outbox.lease)
-                finished, began = outbox.store.record(pending, begin)
-                self._committed(pending, finished)
-                if not began:
+                if not self._committer.begin(begin):
                     log.warning("outbox: lease on %s lost before sending", claimed.id)
                     return None
-                pending = None
                 _hook("after-sending")
                 recipients = [r.address for r in to_send]
                 result = self._send(claimed, recipients, pool, granted_at)
                 _hook("after-reply")
             now = outbox.clock()
             decided += outbox.outcomes(claimed, to_send, result, now)
-        self._commit(pending)
         state, due = summarize(claimed.recipients, decided, now)
         reason = next((u.reply_text for u in decided if u.state != "sent"), None)
         return Finish(claimed.id, self.owner, decided, state, due, reason, now)
@@ -282,13 +310,8 @@ class Worker:
             log.exception("outbox: unexpected error sending %s", claimed.id)
             return SmtpError(f"unexpected error: {type(exc).__name__}", is_temporary=True)
 
-    def _commit(self, pending: Finish | None) -> None:
-        if pending is not None:
-            self._committed(pending, self.outbox.store.record(pending, None)[0])
-
-    def _committed(self, finish: Finish | None, ok: bool) -> None:
-        if finish is None:
-            return
+    def _committed(self, finish: Finish, ok: bool) -> None:
+        """Runs in the committer's thread once ``finish`` is durable (or found unowned)."""
         if not ok:
             log.warning("outbox: lease on %s lost; its outcome was not recorded", finish.message)
             return
