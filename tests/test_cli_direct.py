@@ -125,6 +125,27 @@ def test_probe_mx_matches_dane_ta_and_follows_a_cname_as_delivery_does(
     assert host["tlsa"]["base"] == "real.danecname.test" and host["tls"]["dane_match"] is True
 
 
+def test_probe_mx_applies_dane_only_under_an_authenticated_mx_answer(
+    mxnet: MxNet, mx_hosts: Any, home: Path, tmp_path: Path
+) -> None:
+    # insecuremx.test (unsigned) points at mx.danebad.test, whose signed TLSA matches nothing:
+    # delivery ignores those records (RFC 7672 §2.2.1), and the probe must say the same.
+    mx_hosts("mx.danebad.test")
+    flags = ["--json", *_direct_flags(mxnet, tmp_path)]
+    result = run_cli(["probe", "--mx", "insecuremx.test", *flags], home)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    [host] = report["mx"]
+    assert report["mx_authenticated"] is False and host["tlsa"]["records"]
+    assert host["dane"] is False and "dane_match" not in host["tls"]
+    result = run_cli(["probe", "--mx", "insecuremx.test", *flags[1:]], home)
+    assert "DANE: not applied" in result.stdout and "NO MATCH" not in result.stdout
+
+    result = run_cli(["probe", "--mx", "danebad.test", *flags], home)
+    [host] = json.loads(result.stdout)["mx"]
+    assert host["dane"] is True and host["tls"]["dane_match"] is False
+
+
 def test_probe_mx_nxdomain_is_68(mxnet: MxNet, home: Path, tmp_path: Path) -> None:
     result = run_cli(["probe", "--mx", "nosuch.alpha.test", *_direct_flags(mxnet, tmp_path)], home)
     assert result.returncode == 68, result.stderr

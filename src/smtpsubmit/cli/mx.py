@@ -131,7 +131,7 @@ def run_probe(args: argparse.Namespace) -> int:
     report["mx_authenticated"] = found.secure
     report["mta_sts"] = _policy_report(resolver, domain, args, timeout)
     for host in found.hosts:
-        report["mx"].append(_host_report(resolver, host, args, timeout))
+        report["mx"].append(_host_report(resolver, host, found.secure, args, timeout))
     _print_probe(args, report)
     return EX_OK
 
@@ -166,7 +166,11 @@ def _policy_report(resolver: Any, domain: str, args: argparse.Namespace, timeout
     return {"id": policy.id, "mode": policy.mode, "mx": list(policy.mx), "max_age": policy.max_age}
 
 
-def _host_report(resolver: Any, host: Any, args: argparse.Namespace, timeout: float) -> Any:
+def _host_report(
+    resolver: Any, host: Any, mx_secure: bool, args: argparse.Namespace, timeout: float
+) -> Any:
+    """One MX host's addresses, TLSA and TLS. ``dane`` says whether delivery would apply
+    DANE: only when the MX answer and the addresses are authenticated (RFC 7672 §2.2.1)."""
     from smtpsubmit.direct.dane import authenticate, parse_tlsa
     from smtpsubmit.direct.resolve import DnsFailure, lookup, lookup_addresses, lookup_tlsa
 
@@ -195,7 +199,8 @@ def _host_report(resolver: Any, host: Any, args: argparse.Namespace, timeout: fl
     entry["tls"] = tls = _tls_report(base, addresses.values[0], port, args, timeout)
     der, chain = tls.pop("der", None), tls.pop("chain", ())
     records = (entry["tlsa"] or {}).get("records")
-    if der is not None and records and entry["tlsa"].get("authenticated"):
+    entry["dane"] = bool(mx_secure and records and entry["tlsa"].get("authenticated"))
+    if der is not None and records and entry["dane"]:
         names = list(dict.fromkeys((base, host.name)))
         match = authenticate([parse_tlsa(r) for r in records], der, chain, names)
         tls["dane_match"] = match.record is not None
@@ -264,6 +269,10 @@ def _print_probe(args: argparse.Namespace, report: dict[str, Any]) -> None:
         tlsa = mx.get("tlsa")
         if tlsa and tlsa.get("records"):
             print(f"    TLSA: {'; '.join(tlsa['records'])}")
+            if not mx.get("dane"):
+                print(
+                    "    DANE: not applied (the MX answer or the TLSA is not DNSSEC-authenticated)"
+                )
         tls = mx.get("tls") or {}
         if tls.get("error"):
             print(f"    error: {tls['error']}")
