@@ -34,6 +34,7 @@ SRC = pathlib.Path(__file__).parents[1] / "src" / "smtpsubmit"
         "session.py",
         "transaction.py",
         "batch.py",
+        "streamed.py",
         "reply.py",
         "auth.py",
         "sasl.py",

@@ -46,13 +46,11 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from smtpsubmit.dkim.stream import sign_source
 from smtpsubmit.envelope import Envelope
 from smtpsubmit.errors import (
-    DataRefused,
     DeliveryStatusUnknown,
     MessageError,
     ProtocolError,
@@ -64,7 +62,19 @@ from smtpsubmit.protocol import Command, DataEncoder, LineEndingNormalizer, Stat
 from smtpsubmit.reply import Reply
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.session import BDAT_CHUNK, WRITE_BATCH, Flow, Receive, Send, Session
-from smtpsubmit.transaction import envelope_failure, mail_command, rcpt_command, sort_recipients
+from smtpsubmit.streamed import (
+    MAYBE_WRITTEN,
+    NOT_WRITTEN,
+    WRITTEN,
+    Outcome,
+    Txn,
+    never_started,
+    outcome_of,
+    stream_error,
+    take_source,
+    unpack,
+)
+from smtpsubmit.transaction import mail_command, rcpt_command
 
 __all__ = ["WINDOW", "WINDOW_BYTES", "Outcome", "send_many_flow"]
 
@@ -77,35 +87,13 @@ WINDOW_BYTES = 4 * 1024 * 1024  # CHUNKING: message octets in flight at most
 # it for ever. A thousand short replies stay far below any buffer size.
 MAX_REPLIES_OWED = 1000
 
-Outcome = SubmitResult | SmtpError | MessageError
-
-# How far the end of a message's data got: decides DeliveryStatusUnknown or not.
-NOT_WRITTEN, MAYBE_WRITTEN, WRITTEN = 0, 1, 2
 _STAGE = {"rset": "mail", "mail": "mail", "rcpt": "rcpt"}
-
-
-@dataclass(slots=True, eq=False)
-class _Txn:
-    """One message of the stream: its envelope and the replies gathered so far."""
-
-    index: int
-    envelope: Envelope
-    source: Source | None  # dropped once the data is written: no body outlives its write
-    mail: Reply | None = None
-    rcpts: list[Reply] = field(default_factory=list)
-    data: Reply | None = None  # the reply to DATA (DATA streams only)
-    chunk_error: Reply | None = None  # the first refused BDAT chunk
-    final: Reply | None = None
-    end: int = NOT_WRITTEN
-    size: int = 0
-    pending: int = 0  # slots registered and not yet answered
-    complete: bool = False  # no more slots will be registered
 
 
 # A command waiting for its reply: the message it belongs to and what it is (rset,
 # mail, rcpt, data, chunk, end, void: a dot after a wrong 354). A plain tuple: a
 # stream makes several per message.
-_Slot = tuple[_Txn, str]
+_Slot = tuple[Txn, str]
 # The read requests of a stream, made once (they are immutable).
 _POLL = Receive("data", poll=True)
 _WAIT = {
@@ -145,12 +133,12 @@ class _Stream:
         self.window_bytes = window_bytes
         self.results: list[Outcome | None] = []
         self.slots: deque[_Slot] = deque()
-        self.inflight: deque[_Txn] = deque()
+        self.inflight: deque[Txn] = deque()
         self.inflight_bytes = 0
         self.unconfirmed: list[int] = []  # settled since the last proof of alignment
         self.dirty = False  # the server may hold a transaction: RSET before the next MAIL
-        self.closing: _Txn | None = None  # whose command the server answered with 421
-        self.started: deque[_Txn] = deque()  # prepared and without an outcome, in order
+        self.closing: Txn | None = None  # whose command the server answered with 421
+        self.started: deque[Txn] = deque()  # prepared and without an outcome, in order
         # Bulk sends repeat their envelopes: each distinct one is rendered once.
         self.groups: dict[tuple[Any, ...], _Group] = {}
         self.size_offered = "SIZE" in caps
@@ -182,7 +170,7 @@ class _Stream:
         except SmtpError as exc:
             session._failed(exc)
             self._lost(exc, items)
-        return [r if r is not None else _never_started(None) for r in self.results]
+        return [r if r is not None else never_started(None) for r in self.results]
 
     def _prepare(self, message: Any, sender: Any, recipients: Any) -> tuple[Envelope, Source]:
         """Envelope and bytes as a single send makes them, signed with the server's DKIM."""
@@ -198,7 +186,7 @@ class _Stream:
         for item in items:
             index = self._new_index()
             try:
-                message, sender, recipients = _unpack(item)
+                message, sender, recipients = unpack(item)
                 envelope, source = self._prepare(message, sender, recipients)
             except (MessageError, SmtpError) as exc:
                 self.results[index] = exc
@@ -291,7 +279,7 @@ class _Stream:
                     self._settle_if_done(txn)
                     break
 
-    def _window_full(self, txn: _Txn, divisor: int) -> bool:
+    def _window_full(self, txn: Txn, divisor: int) -> bool:
         """Whether ``txn`` would not fit in the window (``divisor`` 2: in half of it)."""
         owed = len(txn.envelope.recipients) + 3
         return bool(self.inflight) and (
@@ -321,24 +309,24 @@ class _Stream:
         self.results.append(None)
         return len(self.results) - 1
 
-    def _start(self, item: Any) -> _Txn | None:
+    def _start(self, item: Any) -> Txn | None:
         """Prepare one message; a bad one becomes its own outcome, nothing of it sent."""
         index = self._new_index()
         try:
             if type(item) is tuple and len(item) == 3:  # the common form, checked first
                 message, sender, recipients = item
             else:
-                message, sender, recipients = _unpack(item)
+                message, sender, recipients = unpack(item)
             envelope, source = self._prepare(message, sender, recipients)
             self.session.check_envelope(envelope)
         except (MessageError, SmtpError) as exc:
             self.results[index] = exc
             return None
-        txn = _Txn(index, envelope, source)
+        txn = Txn(index, envelope, source)
         self.started.append(txn)
         return txn
 
-    def _next(self, items: Iterator[Any]) -> _Txn | None:
+    def _next(self, items: Iterator[Any]) -> Txn | None:
         """The next message that can be sent; bad ones before it get their outcome."""
         for item in items:
             txn = self._start(item)
@@ -346,7 +334,7 @@ class _Stream:
                 return txn
         return None
 
-    def _envelope(self, txn: _Txn, *, data_command: bool) -> bytes:
+    def _envelope(self, txn: Txn, *, data_command: bool) -> bytes:
         """[RSET] MAIL RCPT... [DATA] for one message, registered in order."""
         if not self.slots:
             self.session._check_unsolicited("mail")  # a reply too many, already here
@@ -392,14 +380,14 @@ class _Stream:
         data = b"".join([command.render() for command in commands])
         return tuple(commands), tuple(kinds), data
 
-    def _slot(self, txn: _Txn, kind: str) -> None:
+    def _slot(self, txn: Txn, kind: str) -> None:
         self.slots.append((txn, kind))
         txn.pending += 1
 
-    def _data_pieces(self, txn: _Txn) -> tuple[bytes, Iterator[bytes]]:
+    def _data_pieces(self, txn: Txn) -> tuple[bytes, Iterator[bytes]]:
         """The DATA payload in writes of about WRITE_BATCH octets: the first one, and an
         iterator of the rest (empty for most messages); the last piece ends with the dot."""
-        source = _take_source(txn)
+        source = take_source(txn)
         crlf = crlf_only(source)
         chunks = iter(source())
         first = next(chunks, b"")
@@ -426,7 +414,7 @@ class _Stream:
         return b"".join(pending), iter(())
 
     def _more_pieces(
-        self, txn: _Txn, encoder: DataEncoder, chunks: Iterator[bytes]
+        self, txn: Txn, encoder: DataEncoder, chunks: Iterator[bytes]
     ) -> Iterator[bytes]:
         """The rest of :meth:`_data_pieces`, read only when the server said 354."""
         pending: list[bytes] = []
@@ -443,9 +431,9 @@ class _Stream:
         txn.size = encoder.octets
         yield b"".join(pending)
 
-    def _bdat_pieces(self, txn: _Txn) -> Iterator[tuple[bytes, bool]]:
+    def _bdat_pieces(self, txn: Txn) -> Iterator[tuple[bytes, bool]]:
         """BDAT chunks of at most BDAT_CHUNK octets, the last one flagged."""
-        source = _take_source(txn)
+        source = take_source(txn)
         normalizer = LineEndingNormalizer(crlf=crlf_only(source))
         pending = bytearray()
         for chunk in source():
@@ -459,7 +447,7 @@ class _Stream:
         txn.size += len(pending)
         yield bytes(pending), True
 
-    def _write(self, data: bytes, ends: _Txn | None, *, at_tail: bool = True) -> Flow[None]:
+    def _write(self, data: bytes, ends: Txn | None, *, at_tail: bool = True) -> Flow[None]:
         """Write; ``ends`` is the message whose end of data is in ``data``.
 
         When the write fails, the system may have taken any prefix of it: an end
@@ -552,7 +540,7 @@ class _Stream:
         if not txn.pending and txn.complete:
             self._settle_if_done(txn)
 
-    def _envelope_ok(self, txn: _Txn, *, partial: bool = False) -> bool:
+    def _envelope_ok(self, txn: Txn, *, partial: bool = False) -> bool:
         """Whether MAIL and at least one RCPT were accepted (``partial``: not refused yet)."""
         if txn.mail is not None and not 200 <= txn.mail.code < 300:
             return False
@@ -563,10 +551,10 @@ class _Stream:
                 return True
         return False
 
-    def _settle_if_done(self, txn: _Txn) -> None:
+    def _settle_if_done(self, txn: Txn) -> None:
         if not txn.complete or txn.pending or self.results[txn.index] is not None:
             return
-        outcome = self._outcome(txn)
+        outcome = outcome_of(txn)
         self.results[txn.index] = outcome
         self.unconfirmed.append(txn.index)
         started = self.started
@@ -583,43 +571,6 @@ class _Stream:
         if not isinstance(outcome, SubmitResult) and (self.chunking or txn.final is None):
             self.dirty = True
 
-    def _outcome(self, txn: _Txn) -> Outcome:
-        envelope, final, mail, rcpts = txn.envelope, txn.final, txn.mail, txn.rcpts
-        recipients = envelope.recipients
-        if (  # everything accepted, the common case: what the general path below returns
-            final is not None
-            and 200 <= final.code < 300
-            and mail is not None
-            and 200 <= mail.code < 300
-            and txn.chunk_error is None
-            and (txn.data is None or txn.data.code == 354)
-            and len(rcpts) == len(recipients)
-            and _all_accepted(rcpts)
-        ):
-            return SubmitResult(
-                envelope.message_id, envelope.sender, list(recipients), {}, final, txn.size
-            )
-        accepted, refused = sort_recipients(recipients, txn.rcpts)
-        for recipient, reply in zip(recipients, txn.rcpts, strict=False):
-            if recipient not in accepted and recipient not in refused:
-                refused[recipient] = reply  # deferred (452): not sent again in a stream
-        mail = txn.mail or Reply(503, "no reply to MAIL")
-        failure = envelope_failure(txn.envelope, mail, accepted, refused)
-        if failure is not None:
-            return failure
-        if txn.data is not None and txn.data.code != 354:
-            return DataRefused("the server refused DATA", reply=txn.data, stage="data")
-        if txn.chunk_error is not None or txn.final is None:
-            return DataRefused(
-                "the server refused a BDAT chunk", reply=txn.chunk_error, stage="data"
-            )
-        if not 200 <= txn.final.code < 300:
-            return DataRefused("the server refused the message", reply=txn.final, stage="data")
-        envelope = txn.envelope
-        return SubmitResult(
-            envelope.message_id, envelope.sender, accepted, refused, txn.final, txn.size
-        )
-
     # -- failures --------------------------------------------------------------------
 
     def _lost(self, cause: SmtpError, items: Iterator[Any]) -> None:
@@ -628,28 +579,28 @@ class _Stream:
             self.results[txn.index] = self._lost_outcome(txn, cause)
         for index, outcome in enumerate(self.results):
             if outcome is None:
-                self.results[index] = _never_started(cause)
+                self.results[index] = never_started(cause)
         for _ in items:
-            self.results.append(_never_started(cause))
+            self.results.append(never_started(cause))
 
-    def _unsettled(self) -> Iterator[_Txn]:
+    def _unsettled(self) -> Iterator[Txn]:
         """Messages started and without an outcome, oldest first."""
         return (txn for txn in self.started if self.results[txn.index] is None)
 
-    def _lost_outcome(self, txn: _Txn, cause: SmtpError) -> Outcome:
+    def _lost_outcome(self, txn: Txn, cause: SmtpError) -> Outcome:
         if txn.mail is not None and not self._envelope_ok(txn, partial=True):
-            return self._outcome(txn)  # already refused: whatever followed was discarded
+            return outcome_of(txn)  # already refused: whatever followed was discarded
         if txn is self.closing:
-            return _error(ServerDisconnected, "the server closed the connection (421)", cause)
+            return stream_error(ServerDisconnected, "the server closed the connection (421)", cause)
         if txn.end != NOT_WRITTEN:
-            return _error(
+            return stream_error(
                 DeliveryStatusUnknown,
                 "the connection was lost after the end of the message data was sent and "
                 "before the server answered: the message may or may not have been accepted "
                 "(retrying can deliver it twice)",
                 cause,
             )
-        return _error(
+        return stream_error(
             ServerDisconnected,
             "the connection was lost before the message data was completely sent; "
             "nothing was delivered (safe to retry)",
@@ -661,52 +612,6 @@ class _Stream:
         suspect = set(self.unconfirmed)
         for index, outcome in enumerate(self.results):
             if outcome is None or index in suspect:
-                self.results[index] = _error(ProtocolError, str(cause), cause)
+                self.results[index] = stream_error(ProtocolError, str(cause), cause)
         for _ in items:
-            self.results.append(_error(ProtocolError, str(cause), cause))
-
-
-def _take_source(txn: _Txn) -> Source:
-    """The message's byte source, once: the stream keeps no body after it is written."""
-    source, txn.source = txn.source, None
-    if source is None:  # pragma: no cover - a message's data is only written once
-        raise RuntimeError("the message data was already written")
-    return source
-
-
-def _error(kind: type[SmtpError], message: str, cause: SmtpError) -> SmtpError:
-    error = kind(message, reply=cause.reply, stage=cause.stage)
-    error.__cause__ = cause
-    return error
-
-
-def _never_started(cause: SmtpError | None) -> SmtpError:
-    error = ServerDisconnected(
-        "not sent: the connection was lost before this message was started (safe to retry)",
-        stage=cause.stage if cause is not None else "mail",
-    )
-    error.__cause__ = cause
-    return error
-
-
-def _all_accepted(replies: list[Reply]) -> bool:
-    for reply in replies:  # noqa: SIM110 - a loop, not all(): no generator per message
-        if not 200 <= reply.code < 400:
-            return False
-    return True
-
-
-def _unpack(item: Any) -> tuple[Any, str | None, Any]:
-    """A Message, a (raw, sender, recipients) tuple, or an object with those attributes."""
-    if hasattr(item, "prepare") and hasattr(item, "needs_smtputf8"):
-        return item, None, None
-    if isinstance(item, tuple):
-        if len(item) != 3:
-            raise MessageError("a ready message is a (raw, sender, recipients) tuple")
-        return item[0], item[1], item[2]
-    if all(hasattr(item, name) for name in ("raw", "sender", "recipients")):
-        return item.raw, item.sender, item.recipients
-    raise MessageError(
-        "send_many takes Message objects, (raw, sender, recipients) tuples or objects with "
-        f".raw, .sender and .recipients, not {type(item).__name__}"
-    )
+            self.results.append(stream_error(ProtocolError, str(cause), cause))
