@@ -399,24 +399,14 @@ class _Stream:
             chunks = itertools.chain((first, second), chunks)
         else:
             chunks = itertools.chain((first,), chunks)
-        encoder = DataEncoder(crlf=crlf)
-        pending: list[bytes] = []
-        size = 0
-        for chunk in chunks:
-            out = encoder.feed(chunk)
-            if out:
-                pending.append(out)
-                size += len(out)
-            if size >= WRITE_BATCH:
-                return b"".join(pending), self._more_pieces(txn, encoder, chunks)
-        pending.append(encoder.end())
-        txn.size = encoder.octets
-        return b"".join(pending), iter(())
+        # The first write now; the rest only read when the server said 354.
+        pieces = self._encoded_pieces(txn, DataEncoder(crlf=crlf), chunks)
+        return next(pieces), pieces
 
-    def _more_pieces(
+    def _encoded_pieces(
         self, txn: Txn, encoder: DataEncoder, chunks: Iterator[bytes]
     ) -> Iterator[bytes]:
-        """The rest of :meth:`_data_pieces`, read only when the server said 354."""
+        """``chunks`` encoded in writes of about WRITE_BATCH octets, the dot in the last."""
         pending: list[bytes] = []
         size = 0
         for chunk in chunks:
