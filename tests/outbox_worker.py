@@ -1,8 +1,9 @@
 """A worker (or enqueuer) in its own process, for the crash tests to SIGKILL.
 
-``python -m tests.outbox_worker work URL HOST PORT [--lease S] [--concurrency N]`` drains the
-outbox until idle (``work-direct URL DNS_PORT SMTP_PORT``: its route ``mx`` is a direct route
-resolving through 127.0.0.1:DNS_PORT, MX hosts on SMTP_PORT, no MTA-STS);
+``python -m tests.outbox_worker work URL HOST PORT [--lease S] [--concurrency N]
+[--no-chunking]`` drains the outbox until idle (``work-direct URL DNS_PORT SMTP_PORT``: its
+route ``mx`` is a direct route resolving through 127.0.0.1:DNS_PORT, MX hosts on SMTP_PORT,
+no MTA-STS);
 ``SMTPSUBMIT_TEST_KILL_AT`` (see smtpsubmit.outbox.worker) makes it die at a named point.
 ``enqueue URL N`` enqueues N messages and kills itself with SIGKILL the moment the last
 ``enqueue`` returned (Q1); ``enqueue-batches URL`` writes batches of 100 until killed (Q2).
@@ -30,10 +31,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("rest", nargs="*")
     parser.add_argument("--lease", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--no-chunking", action="store_true", help="streams use DATA")
     args = parser.parse_args(argv)
     if args.action == "work":
         host, port = args.rest
-        server = Server(host, port=int(port), options=Option.EXTENDED, timeout=10)
+        off = frozenset({"CHUNKING"} if args.no_chunking else ())
+        server = Server(
+            host, port=int(port), options=Option.EXTENDED, timeout=10, disable_extensions=off
+        )
         box = Outbox(args.url, routes={"default": server}, lease=args.lease, policy=POLICY)
         box.run(concurrency=args.concurrency, stop_when_idle=True)
         return

@@ -19,6 +19,7 @@ import pytest
 
 from smtpsubmit import Message
 from smtpsubmit.outbox import Outbox, RetryPolicy
+from smtpsubmit.outbox.streaming import LOOKAHEAD
 from tests.outbox_helpers import ScriptedHandler, message, route, serve, subjects
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 
@@ -215,7 +216,10 @@ def test_q10_three_workers_on_postgres_each_message_once(
 
 def test_q10_a_killed_worker_is_taken_over(postgres_url: str, smtp: AiosmtpdServer) -> None:
     """One of three workers dies after a 250 it never recorded (Q6): its leased batch is
-    taken over once the lease expires; the only extra copy is the counted one."""
+    taken over once the lease expires; the only extra copy is that message's. Its stream
+    had committed ``sending`` for up to LOOKAHEAD more messages ahead (aiosmtpd does not
+    pipeline: none of them had gone out); each is resent once and counted as a possible
+    duplicate."""
     box = Outbox(postgres_url, policy=POLICY)
     box.enqueue_many([message(n) for n in range(300)])
     codes = run_workers(postgres_url, smtp, ["after-reply@10", None, None])
@@ -226,7 +230,7 @@ def test_q10_a_killed_worker_is_taken_over(postgres_url: str, smtp: AiosmtpdServ
     assert sorted(counts.values()) == [1] * 299 + [2]
     stats = box.stats()
     assert stats["states"]["sent"] == 300
-    assert stats["possible_duplicates"] == 1
+    assert 1 <= stats["possible_duplicates"] <= 1 + LOOKAHEAD
     box.close()
 
 
@@ -240,17 +244,19 @@ def test_q10_two_workers_share_one_sqlite_file(url: str, smtp: AiosmtpdServer) -
     box.close()
 
 
-def test_an_outcome_is_committed_before_the_next_message_goes_out(
-    url: str, smtp: AiosmtpdServer
-) -> None:
-    """The first message's outcome shares a commit with the second's ``sending``: killed
-    just after that commit, the first is never sent again."""
+def test_killed_mid_stream_every_extra_copy_is_counted(url: str, smtp: AiosmtpdServer) -> None:
+    """Killed when the second message's ``sending`` is durable, with the first one's outcome
+    handed over and perhaps not yet committed: nothing is lost, and every copy the server
+    got twice is among the counted possible duplicates (the first, and the messages begun
+    ahead of the stream)."""
     box = Outbox(url, policy=POLICY)
-    first, second = box.enqueue(message(1)), box.enqueue(message(2))
+    ids = [box.enqueue(message(n)) for n in range(3)]
     assert run_worker(url, smtp, "after-sending@2") == -signal.SIGKILL
-    assert (box.show(first) or {})["state"] == "sent"
     box = finish(url, smtp)
-    assert subjects(smtp) == ["outbox message 1", "outbox message 2"]
-    assert (box.show(second) or {})["state"] == "sent"
-    assert box.stats()["possible_duplicates"] == 1  # the second: it may have gone out
+    counts = Counter(subjects(smtp))
+    assert set(counts) == {f"outbox message {n}" for n in range(3)}
+    extra = sum(counts.values()) - 3
+    assert extra <= 1  # only the first had gone out before the kill
+    assert extra <= box.stats()["possible_duplicates"] <= 1 + LOOKAHEAD
+    assert [(box.show(i) or {})["state"] for i in ids] == ["sent"] * 3
     box.close()

@@ -7,12 +7,15 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from smtpsubmit import Message
 from smtpsubmit.outbox import Outbox, StoreError
+from smtpsubmit.outbox.sql import MIGRATIONS, SCHEMA_VERSION
+from smtpsubmit.outbox.state import checksum
 from tests.outbox_helpers import Clock, ScriptedHandler, message, route, subjects
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.test_outbox import clock, handler, outbox, outbox_url, smtp, states
@@ -85,10 +88,10 @@ def test_a_corrupt_row_is_quarantined_and_the_worker_goes_on(
     outbox.enqueue(message(2))
     if outbox_url.startswith("sqlite"):
         with sqlite3.connect(outbox_url.removeprefix("sqlite://")) as conn:
-            conn.execute("UPDATE outbox_message SET body = X'00' WHERE id = ?", (bad,))
+            conn.execute("UPDATE outbox_body SET body = X'00' WHERE message = ?", (bad,))
     else:
         with psycopg.connect(outbox_url) as conn:
-            conn.execute("UPDATE outbox_message SET body = '\\x00' WHERE id = %s", (bad,))
+            conn.execute("UPDATE outbox_body SET body = '\\x00' WHERE message = %s", (bad,))
     outbox.run(stop_when_idle=True)
     assert subjects(smtp) == ["outbox message 2"]
     shown = outbox.show(bad)
@@ -120,6 +123,50 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE outbox_meta SET value = '99' WHERE name = 'schema_version'")
     with pytest.raises(StoreError, match="version 99, newer"):
         Outbox(url)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_version_1_outbox_is_migrated_and_its_mail_sent_unchanged(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest, smtp: AiosmtpdServer
+) -> None:
+    """Schema 2 moved the bodies out of ``outbox_message``: a queue written by version 1
+    (bodies inline) is migrated on opening and sends the same bytes."""
+    if store == "sqlite":
+        url = f"sqlite:///{tmp_path}/v1.db"
+        conn: Any = sqlite3.connect(tmp_path / "v1.db")
+        mark = "?"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        conn = psycopg.connect(url)
+        mark = "%s"
+    blob = "BLOB" if store == "sqlite" else "BYTEA"
+    with conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement.format(blob=blob))
+        conn.execute("CREATE TABLE outbox_meta (name TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO outbox_meta VALUES ('schema_version', '1')")
+        body = message(7).as_bytes()
+        conn.execute(
+            "INSERT INTO outbox_message (id, route, sender, body, checksum, size, state,"
+            f" created, since, due) VALUES ('m1', 'default', 'a@example.org', {mark}, {mark},"
+            f" {mark}, 'queued', 0, 0, 0)",
+            (body, checksum(body), len(body)),
+        )
+        conn.execute(
+            "INSERT INTO outbox_recipient (message, position, address, state)"
+            " VALUES ('m1', 0, 'b@example.org', 'queued')"
+        )
+    conn.close()
+    box = Outbox(url, routes={"default": route(smtp)})
+    box.run(stop_when_idle=True)
+    assert [m.original_content for m in smtp.messages] == [body]
+    assert (box.show("m1") or {})["state"] == "sent"
+    assert box.purge(sent=True) == 1  # the body goes with its message
+    box.close()
+    with sqlite3.connect(tmp_path / "v1.db") if store == "sqlite" else psycopg.connect(url) as c:
+        version = c.execute("SELECT value FROM outbox_meta WHERE name = 'schema_version'")
+        assert version.fetchone()[0] == str(SCHEMA_VERSION)
+        assert c.execute("SELECT COUNT(*) FROM outbox_body").fetchone()[0] == 0
 
 
 def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:

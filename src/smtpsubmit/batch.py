@@ -45,7 +45,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from smtpsubmit.dkim.stream import sign_source
@@ -76,7 +76,10 @@ from smtpsubmit.streamed import (
 )
 from smtpsubmit.transaction import mail_command, rcpt_command
 
-__all__ = ["WINDOW", "WINDOW_BYTES", "Outcome", "send_many_flow"]
+__all__ = ["WINDOW", "WINDOW_BYTES", "OnOutcome", "Outcome", "send_many_flow"]
+
+#: Told each message's outcome (its index in the input, the outcome) once it is final.
+OnOutcome = Callable[[int, Outcome], None]
 
 transcript = logging.getLogger("smtpsubmit.transcript")
 
@@ -112,15 +115,24 @@ def send_many_flow(
     *,
     window: int = WINDOW,
     window_bytes: int = WINDOW_BYTES,
+    on_outcome: OnOutcome | None = None,
 ) -> Flow[list[Outcome]]:
-    """The flow behind ``send_many``: one outcome per item, in input order."""
+    """The flow behind ``send_many``: one outcome per item, in input order.
+
+    ``on_outcome`` hears each outcome as soon as it is final: when a later reply
+    proves the replies in step (the next message's 354 or an address code where
+    one belongs), at once for a message refused before anything was sent, and at
+    the end for the rest. It runs inside the stream and must not block for long.
+    """
     if window < 1 or window_bytes < 1:
         raise ValueError("window and window_bytes must be at least 1")
-    return _Stream(session, window, window_bytes).run(iter(items))
+    return _Stream(session, window, window_bytes, on_outcome).run(iter(items))
 
 
 class _Stream:
-    def __init__(self, session: Session, window: int, window_bytes: int) -> None:
+    def __init__(
+        self, session: Session, window: int, window_bytes: int, on_outcome: OnOutcome | None
+    ) -> None:
         self.session = session
         self.core = session.core
         caps = session.capabilities
@@ -136,6 +148,8 @@ class _Stream:
         self.inflight: deque[Txn] = deque()
         self.inflight_bytes = 0
         self.unconfirmed: list[int] = []  # settled since the last proof of alignment
+        self.on_outcome = on_outcome
+        self.told: list[bool] = []  # per index: on_outcome has heard it
         self.dirty = False  # the server may hold a transaction: RSET before the next MAIL
         self.closing: Txn | None = None  # whose command the server answered with 421
         self.started: deque[Txn] = deque()  # prepared and without an outcome, in order
@@ -170,7 +184,12 @@ class _Stream:
         except SmtpError as exc:
             session._failed(exc)
             self._lost(exc, items)
-        return [r if r is not None else never_started(None) for r in self.results]
+        results = [r if r is not None else never_started(None) for r in self.results]
+        if self.on_outcome is not None:
+            for index, told in enumerate(self.told):
+                if not told:
+                    self.on_outcome(index, results[index])
+        return results
 
     def _prepare(self, message: Any, sender: Any, recipients: Any) -> tuple[Envelope, Source]:
         """Envelope and bytes as a single send makes them, signed with the server's DKIM."""
@@ -189,14 +208,15 @@ class _Stream:
                 message, sender, recipients = unpack(item)
                 envelope, source = self._prepare(message, sender, recipients)
             except (MessageError, SmtpError) as exc:
-                self.results[index] = exc
+                self._tell(index, exc)
                 continue
             try:
-                self.results[index] = yield from self.session.send_message(envelope, source)
+                self._tell(index, (yield from self.session.send_message(envelope, source)))
             except SmtpError as exc:
                 self.results[index] = exc
                 if self.session.closed:
                     raise  # the rest cannot go on this connection
+                self._tell(index, exc)
 
     def _data_stream(self, items: Iterator[Any]) -> Flow[None]:
         """PIPELINING without CHUNKING: one write and one round trip per message."""
@@ -307,7 +327,25 @@ class _Stream:
 
     def _new_index(self) -> int:
         self.results.append(None)
+        self.told.append(False)
         return len(self.results) - 1
+
+    def _tell(self, index: int, outcome: Outcome) -> None:
+        """A final outcome: kept, and told now."""
+        self.results[index] = outcome
+        if self.on_outcome is not None:
+            self.told[index] = True
+            self.on_outcome(index, outcome)
+
+    def _confirm(self) -> None:
+        """A reply proved the stream in step: what settled before it is final."""
+        unconfirmed = self.unconfirmed
+        if self.on_outcome is not None:
+            results, told, on_outcome = self.results, self.told, self.on_outcome
+            for index in unconfirmed:
+                told[index] = True
+                on_outcome(index, results[index])  # type: ignore[arg-type]  # settled
+        unconfirmed.clear()
 
     def _start(self, item: Any) -> Txn | None:
         """Prepare one message; a bad one becomes its own outcome, nothing of it sent."""
@@ -320,7 +358,7 @@ class _Stream:
             envelope, source = self._prepare(message, sender, recipients)
             self.session.check_envelope(envelope)
         except (MessageError, SmtpError) as exc:
-            self.results[index] = exc
+            self._tell(index, exc)
             return None
         txn = Txn(index, envelope, source)
         self.started.append(txn)
@@ -515,11 +553,11 @@ class _Stream:
         elif kind == "mail":
             txn.mail = reply
             if self.enhanced and reply.enhanced and 200 <= code < 300:
-                self.unconfirmed.clear()  # an address code where one belongs: in step
+                self._confirm()  # an address code where one belongs: in step
         elif kind == "data":
             txn.data = reply
             if code == 354:
-                self.unconfirmed.clear()  # the one reply that only DATA gets: in step
+                self._confirm()  # the one reply that only DATA gets: in step
         elif kind == "end":
             txn.final = reply
         elif kind == "chunk":
@@ -571,7 +609,7 @@ class _Stream:
             if outcome is None:
                 self.results[index] = never_started(cause)
         for _ in items:
-            self.results.append(never_started(cause))
+            self.results[self._new_index()] = never_started(cause)
 
     def _unsettled(self) -> Iterator[Txn]:
         """Messages started and without an outcome, oldest first."""
@@ -604,4 +642,4 @@ class _Stream:
             if outcome is None or index in suspect:
                 self.results[index] = stream_error(ProtocolError, str(cause), cause)
         for _ in items:
-            self.results.append(stream_error(ProtocolError, str(cause), cause))
+            self.results[self._new_index()] = stream_error(ProtocolError, str(cause), cause)

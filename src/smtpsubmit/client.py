@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
-from smtpsubmit.batch import WINDOW, WINDOW_BYTES, Outcome, send_many_flow
+from smtpsubmit.batch import WINDOW, WINDOW_BYTES, OnOutcome, Outcome, send_many_flow
 from smtpsubmit.dkim.stream import Signers, sign_source
 from smtpsubmit.envelope import DSN
 from smtpsubmit.errors import (
@@ -127,10 +127,20 @@ class _Base:
         envelope, source = sign_source(envelope, source, signers)
         return session.send_message(envelope, source, progress)
 
-    def _many_flow(self, messages: Iterable[Any], window: int, window_bytes: int) -> Flow[Any]:
+    def _many_flow(
+        self,
+        messages: Iterable[Any],
+        window: int,
+        window_bytes: int,
+        on_outcome: OnOutcome | None,
+    ) -> Flow[Any]:
         """The session flow that streams many messages (both drivers run it)."""
         return send_many_flow(
-            self._require_session(), messages, window=window, window_bytes=window_bytes
+            self._require_session(),
+            messages,
+            window=window,
+            window_bytes=window_bytes,
+            on_outcome=on_outcome,
         )
 
     def _receive_timeout(self, op: Receive) -> float:
@@ -269,15 +279,20 @@ class Client(_Base):
         *,
         window: int = WINDOW,
         window_bytes: int = WINDOW_BYTES,
+        on_outcome: OnOutcome | None = None,
     ) -> list[Outcome]:
         """Send many messages on this connection, streamed; one outcome per message.
 
         Each item is a ``Message``, a ``(raw, sender, recipients)`` tuple or an
         object with those attributes. Errors are returned in place, never raised:
-        see "Sending many messages" in the docs for the failure split.
+        see "Sending many messages" in the docs for the failure split. The input
+        is drawn lazily, one message just before it is written.
+        ``on_outcome(index, outcome)`` is called once per message as soon as its
+        outcome is final (its reply read and proven in step), before the call
+        returns: for acting on each reply while the stream goes on.
         """
         with self._exclusive("send_many"):
-            return self._run(self._many_flow(messages, window, window_bytes))
+            return self._run(self._many_flow(messages, window, window_bytes, on_outcome))
 
     def verify(self, address: str) -> Reply:
         """VRFY: the server's reply as it is (252 means "cannot verify, will try")."""
@@ -427,10 +442,11 @@ class AsyncClient(_Base):
         *,
         window: int = WINDOW,
         window_bytes: int = WINDOW_BYTES,
+        on_outcome: OnOutcome | None = None,
     ) -> list[Outcome]:
         """Send many messages on this connection; see :meth:`Client.send_many`."""
         with self._exclusive("send_many"):
-            return await self._run(self._many_flow(messages, window, window_bytes))
+            return await self._run(self._many_flow(messages, window, window_bytes, on_outcome))
 
     async def verify(self, address: str) -> Reply:
         with self._exclusive("verify"):

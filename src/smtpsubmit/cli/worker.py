@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
     )
     add_outbox_option(parser)
     parser.add_argument(
-        "--concurrency", type=int, default=16, metavar="N", help="messages in flight (default 16)"
+        "--concurrency", type=int, default=4, metavar="N", help="sending threads (default 4)"
     )
     parser.add_argument(
         "--lease",

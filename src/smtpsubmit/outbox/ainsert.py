@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from smtpsubmit.outbox.sql import (
+    INSERT_BODY,
     INSERT_MESSAGE,
     INSERT_RECIPIENT,
     SELECT_BY_KEY,
@@ -41,6 +42,7 @@ async def ainsert(outbox: Outbox, items: Sequence[NewMessage], connection: Any) 
                 row = await cur.fetchone()
                 ids.append(str(row[0]))
                 continue
+            await cur.execute(store._sql(INSERT_BODY), [m.id, m.body])
             await cur.executemany(store._sql(INSERT_RECIPIENT), recipient_params(m))
             ids.append(m.id)
         await cur.execute(f"NOTIFY {CHANNEL}")

@@ -79,7 +79,7 @@ class AsyncOutbox:
         return await asyncio.to_thread(functools.partial(self.outbox.purge, sent=sent))
 
     async def run(
-        self, concurrency: int = 16, *, stop_when_idle: bool = False, batch_size: int = 8
+        self, concurrency: int = 4, *, stop_when_idle: bool = False, batch_size: int = 32
     ) -> None:
         """Deliver until SIGTERM, cancellation or (``stop_when_idle``) nothing is due."""
         from smtpsubmit.outbox.worker import Worker

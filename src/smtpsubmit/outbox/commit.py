@@ -38,17 +38,23 @@ OnFinished = Callable[[Finish, bool], None]
 
 
 class Ticket:
-    """One record (or claim) waiting for its commit."""
+    """One record (or claim) waiting for its commit. Light on purpose: a worker makes two
+    per message, and most are never waited for (only a batch's last one is)."""
 
-    __slots__ = ("begin", "claim", "claimed", "done", "error", "finish", "result")
+    __slots__ = ("begin", "claim", "claimed", "done", "error", "finish", "result", "settled")
 
     def __init__(
-        self, finish: Finish | None, begin: Begin | None, claim: ClaimRequest | None = None
+        self,
+        settled: threading.Condition,
+        finish: Finish | None,
+        begin: Begin | None,
+        claim: ClaimRequest | None = None,
     ) -> None:
+        self.settled = settled  # the committer's: notified after every commit
         self.finish = finish
         self.begin = begin
         self.claim = claim
-        self.done = threading.Event()
+        self.done = False
         self.result = (False, False)
         self.claimed: list[Claimed] = []
         self.error: StoreError | None = None
@@ -56,7 +62,10 @@ class Ticket:
     def wait(self) -> tuple[bool, bool]:
         """Block until committed: ``(finished, began)`` as ``record_many`` says, or the
         :class:`~smtpsubmit.outbox.store.StoreError` of that commit."""
-        self.done.wait()
+        if not self.done:
+            with self.settled:
+                while not self.done:
+                    self.settled.wait()
         if self.error is not None:
             raise self.error
         return self.result
@@ -75,6 +84,7 @@ class Committer:
         self.on_finished = on_finished
         self._pending: list[Ticket] = []
         self._wake = threading.Condition(threading.Lock())
+        self._settled = threading.Condition(threading.Lock())  # one for every ticket
         self._closing = True
         self._thread: threading.Thread | None = None
 
@@ -91,10 +101,15 @@ class Committer:
         """
         return self._submit(None, begin).wait()[1]
 
+    def begin_later(self, begin: Begin) -> Ticket:
+        """Hand ``sending`` over without waiting; :meth:`Ticket.wait` gives what
+        :meth:`begin` returns (a stream commits the next messages' ``sending`` ahead)."""
+        return self._submit(None, begin)
+
     def claim(self, claim: ClaimRequest) -> list[Claimed]:
         """Lease messages in the next group's transaction (a claim is a write too, and
         sharing the commit spares a flush and a wait for the writer lock)."""
-        ticket = Ticket(None, None, claim)
+        ticket = Ticket(self._settled, None, None, claim)
         self._put(ticket)
         ticket.wait()
         return ticket.claimed
@@ -114,7 +129,7 @@ class Committer:
             self._thread = None
 
     def _submit(self, finish: Finish | None, begin: Begin | None) -> Ticket:
-        return self._put(Ticket(finish, begin))
+        return self._put(Ticket(self._settled, finish, begin))
 
     def _put(self, ticket: Ticket) -> Ticket:
         with self._wake:
@@ -155,14 +170,22 @@ class Committer:
                 ticket.result = result
                 if ticket.finish is not None:
                     self._finished(ticket.finish, result[0])
-                ticket.done.set()
+                ticket.done = True
             for ticket, leased in zip(claims, claimed, strict=True):
                 ticket.claimed = leased
-                ticket.done.set()
+                ticket.done = True
+            self._wake_waiters()
             return
         for ticket in group:
             ticket.error = error
-            ticket.done.set()
+            ticket.done = True
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Every ticket of the group is done (set before this lock is taken, so a waiter
+        that saw one not done is already waiting when the notice comes)."""
+        with self._settled:
+            self._settled.notify_all()
 
     def _finished(self, finish: Finish, recorded: bool) -> None:
         try:

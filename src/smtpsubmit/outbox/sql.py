@@ -74,6 +74,17 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX outbox_message_state ON outbox_message (state, route)",
         "CREATE INDEX outbox_message_finished ON outbox_message (finished)",
     ],
+    [  # version 2: bodies in a table of their own. Every claim, ``sending`` and outcome
+        # rewrites its message's row (SQLite: its page into the WAL; PostgreSQL: a new row
+        # version): with the body inline that was a page per record, and the disk writes,
+        # not SQL, set the worker's pace. ``outbox_message.body`` stays, empty: SQLite
+        # before 3.35 cannot drop a column.
+        """CREATE TABLE outbox_body (
+            message TEXT PRIMARY KEY REFERENCES outbox_message (id) ON DELETE CASCADE,
+            body {blob} NOT NULL)""",
+        "INSERT INTO outbox_body (message, body) SELECT id, body FROM outbox_message",
+        "UPDATE outbox_message SET body = CAST('' AS {blob})",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -87,6 +98,7 @@ INSERT_MESSAGE = (
     " ON CONFLICT (idempotency_key) DO NOTHING"
 )
 SELECT_BY_KEY = "SELECT id FROM outbox_message WHERE idempotency_key = ?"
+INSERT_BODY = "INSERT INTO outbox_body (message, body) VALUES (?, ?)"
 INSERT_RECIPIENT = (
     "INSERT INTO outbox_recipient (message, position, address, state) VALUES (?, ?, ?, 'queued')"
 )
@@ -98,7 +110,7 @@ def message_params(m: NewMessage) -> list[Any]:
         m.route,
         m.sender,
         m.message_id,
-        m.body,
+        b"",  # the body is in outbox_body (schema version 2)
         m.checksum,
         len(m.body),
         m.priority,
@@ -113,7 +125,7 @@ def recipient_params(m: NewMessage) -> list[tuple[str, int, str]]:
     return [(m.id, i, address) for i, address in enumerate(m.recipients)]
 
 
-_MESSAGE_COLUMNS = "id, route, sender, body, checksum, message_id, since, attempts"
+_MESSAGE_COLUMNS = "m.id, m.route, m.sender, b.body, m.checksum, m.message_id, m.since, m.attempts"
 
 
 class Cursor(Protocol):
@@ -208,6 +220,7 @@ class SqlStore(Store):
         self._run(cur, INSERT_MESSAGE, message_params(m))
         if cur.rowcount == 0:  # the idempotency key exists: the first id, nothing stored
             return str(self._run(cur, SELECT_BY_KEY, [m.idempotency_key]).fetchone()[0])
+        self._run(cur, INSERT_BODY, [m.id, m.body])
         cur.executemany(self._sql(INSERT_RECIPIENT), recipient_params(m))
         return m.id
 
@@ -276,7 +289,10 @@ class SqlStore(Store):
     def _load(self, cur: Cursor, ids: list[str]) -> list[Claimed]:
         marks = _marks(len(ids))
         rows = self._run(
-            cur, f"SELECT {_MESSAGE_COLUMNS} FROM outbox_message WHERE id IN ({marks})", ids
+            cur,
+            f"SELECT {_MESSAGE_COLUMNS} FROM outbox_message m"
+            f" JOIN outbox_body b ON b.message = m.id WHERE m.id IN ({marks})",
+            ids,
         ).fetchall()
         recipients: dict[str, list[Recipient]] = {i: [] for i in ids}
         for r in self._run(
@@ -432,6 +448,12 @@ class SqlStore(Store):
             self._run(
                 cur,
                 "DELETE FROM outbox_recipient WHERE message IN"
+                f" (SELECT id FROM outbox_message WHERE state IN ({marks}))",
+                states,
+            )
+            self._run(
+                cur,
+                "DELETE FROM outbox_body WHERE message IN"
                 f" (SELECT id FROM outbox_message WHERE state IN ({marks}))",
                 states,
             )

@@ -7,21 +7,18 @@ and (3) leaves ``sending``; when the lease runs out another worker turns it
 into ``unknown`` and the retry policy decides (by default: one byte-identical
 resend, counted as a possible duplicate).
 
-``concurrency`` threads do this at once, each with its own pooled connection
-and one message in flight, and hand their records to one committer
-(:mod:`~smtpsubmit.outbox.commit`): one transaction, one disk flush, for the
-records of every thread waiting — the disk's latency is paid per group, not
-per message. :meth:`Worker._send` is the one place a claimed message is sent.
+``concurrency`` threads do this at once. Each claims a batch; the messages of
+a batch bound for one server go out as one pipelined stream on one pooled
+connection (:mod:`~smtpsubmit.outbox.streaming`), a message alone or bound for
+a direct route one at a time (:meth:`Worker._deliver`). Every thread hands its
+records to one committer (:mod:`~smtpsubmit.outbox.commit`): one transaction,
+one disk flush, for the records of every thread waiting — the disk's latency
+is paid per group, not per message.
 
 ``SIGTERM`` (and ``SIGINT``) stop claiming; messages in flight finish and the
 rest of a claimed batch is released at once for other workers.
 
-Test hook: when the environment variable ``SMTPSUBMIT_TEST_KILL_AT`` is set
-to ``POINT`` or ``POINT@N`` the process kills itself with ``SIGKILL`` at the
-N-th (default first) passage through that point — ``after-claim``,
-``after-sending`` (committed, nothing sent), ``mid-data`` (part of the data
-written), ``after-reply`` (answer received, outcome not committed) or
-``after-commit``. It exists for the crash tests and is inert when unset.
+Crash tests stop the process at named points: :mod:`~smtpsubmit.outbox.faults`.
 """
 
 from __future__ import annotations
@@ -39,6 +36,7 @@ from typing import TYPE_CHECKING
 from smtpsubmit.errors import MessageError, SmtpError
 from smtpsubmit.outbox.commit import Committer, Ticket
 from smtpsubmit.outbox.direct_route import DirectRoute, DirectSender, Sender
+from smtpsubmit.outbox.faults import fault_point
 from smtpsubmit.outbox.state import checksum, summarize
 from smtpsubmit.outbox.store import (
     Begin,
@@ -48,6 +46,7 @@ from smtpsubmit.outbox.store import (
     RecipientUpdate,
     StoreError,
 )
+from smtpsubmit.outbox.streaming import Planned, StreamedBatch, finish_of
 from smtpsubmit.pool import Pool
 from smtpsubmit.result import Progress, SubmitResult
 from smtpsubmit.server import Server
@@ -59,33 +58,14 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("smtpsubmit.outbox")
 IDLE_POLL = 1.0  # after a database error, how long before trying again
-#: Messages in flight per worker process (threads, one message each): enough for their
-#: records to share commits (see smtpsubmit.outbox.commit); more did not help on 2 cores.
-DEFAULT_CONCURRENCY = 16
+#: Threads per worker process, each streaming a claimed batch on one connection: the best
+#: rate on 2 cores (more threads mostly wait for the interpreter lock).
+DEFAULT_CONCURRENCY = 4
+#: Messages per claim, and so per stream.
+DEFAULT_BATCH = 32
 #: Connections per route and worker process. A thread holds one only while it sends (not
 #: while it waits for a commit), so more threads than this still fill every connection.
 MAX_CONNECTIONS = 8
-
-
-class _KillHook:
-    """The crash-test hook (see the module docstring); does nothing when unset."""
-
-    def __init__(self, spec: str | None) -> None:
-        point, _, count = (spec or "").partition("@")
-        self.point = point or None
-        self.remaining = int(count or "1")
-        self.lock = threading.Lock()
-
-    def __call__(self, point: str) -> None:
-        if self.point != point:
-            return
-        with self.lock:
-            self.remaining -= 1
-            if self.remaining <= 0:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-
-_hook = _KillHook(os.environ.get("SMTPSUBMIT_TEST_KILL_AT"))
 
 
 class _Routes:
@@ -124,6 +104,12 @@ class _Routes:
                 self.pools[route] = pool
             return pool
 
+    def server_pool(self, route: str, server: Server) -> Pool:
+        pool = self.pool(route, server)
+        if not isinstance(pool, Pool):  # a route's kind does not change while the worker runs
+            raise TypeError(f"route {route!r} is not a server")
+        return pool
+
     def close(self) -> None:
         with self.lock:
             pools, self.pools = list(self.pools.values()), {}
@@ -133,14 +119,18 @@ class _Routes:
 
 def _mid_data(progress: Progress) -> None:
     if progress.stage == "data" and 0 < progress.bytes_sent < progress.bytes_total:
-        _hook("mid-data")
+        fault_point("mid-data")
 
 
 class Worker:
     """Threads that drain an :class:`~smtpsubmit.outbox.Outbox`."""
 
     def __init__(
-        self, outbox: Outbox, *, concurrency: int = DEFAULT_CONCURRENCY, batch_size: int = 8
+        self,
+        outbox: Outbox,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        batch_size: int = DEFAULT_BATCH,
     ) -> None:
         if concurrency < 1 or batch_size < 1:
             raise ValueError("concurrency and batch_size must be at least 1")
@@ -152,7 +142,7 @@ class Worker:
         self.sent = 0
         self._count_lock = threading.Lock()
         self._routes = _Routes(outbox, concurrency)
-        self._committer = Committer(outbox.store, self._committed)
+        self.committer = Committer(outbox.store, self._committed)
 
     def stop(self) -> None:
         """Stop claiming; messages in flight finish."""
@@ -161,7 +151,7 @@ class Worker:
     def run(self, *, stop_when_idle: bool = False) -> None:
         """Run until :meth:`stop` (or SIGTERM), or until nothing is due when ``stop_when_idle``."""
         with self._signals():
-            self._committer.start()
+            self.committer.start()
             threads = [
                 threading.Thread(
                     target=self._loop, args=(stop_when_idle,), name=f"outbox-{i}", daemon=True
@@ -175,7 +165,7 @@ class Worker:
                     while thread.is_alive():
                         thread.join(0.2)  # short joins keep the main thread responsive to signals
             finally:
-                self._committer.close()
+                self.committer.close()
                 self._routes.close()
 
     @contextlib.contextmanager
@@ -214,9 +204,9 @@ class Worker:
         """Claim and deliver one batch; False (after waiting, unless idle stops) if none."""
         outbox = self.outbox
         claim = ClaimRequest(self.owner, self.batch_size, outbox.clock(), outbox.lease)
-        batch = self._committer.claim(claim)
+        batch = self.committer.claim(claim)
         if batch:
-            _hook("after-claim")
+            fault_point("after-claim")
             self._work(batch)
             return True
         return False
@@ -230,68 +220,96 @@ class Worker:
         store.wait(max(wait, 0.05), self.stopping)
 
     def _work(self, batch: list[Claimed]) -> None:
-        """Deliver a batch, one message at a time. Each outcome goes to the committer as
-        soon as its reply is read and is durable before this thread's next ``sending``;
-        the last one before the thread claims again, so its next claim sees it."""
+        """Deliver a batch, route by route. Each outcome goes to the committer as soon as
+        its reply is read; the last one is durable before the thread claims again, so its
+        next claim sees it."""
         last: Ticket | None = None
         try:
-            for index, claimed in enumerate(batch):
+            for route, share in _by_route(batch):
                 if self.stopping.is_set():
-                    last = self._release(batch[index:]) or last
-                    return
-                try:
-                    finish = self._deliver(claimed)
-                except StoreError as exc:
-                    # The lease runs out and another worker takes over: nothing is lost.
-                    log.warning("outbox: could not record message %s: %s", claimed.id, exc)
+                    last = self.release(share) or last
                     continue
-                if finish is not None:
-                    last = self._committer.finish(finish)
+                server = (self.outbox.routes or {}).get(route)
+                if isinstance(server, Server) and len(share) > 1:
+                    last = self._stream(route, server, share) or last
+                else:
+                    last = self._one_by_one(share) or last
         finally:
             if last is not None:
                 with contextlib.suppress(StoreError):  # the committer has said it
                     last.wait()
 
-    def _release(self, rest: list[Claimed]) -> Ticket | None:
+    def _stream(self, route: str, server: Server, share: list[Claimed]) -> Ticket | None:
+        """Several messages for one server: planned, then streamed on pooled connections."""
+        last: Ticket | None = None
+        planned: list[Planned] = []
+        now = self.outbox.clock()
+        for claimed in share:
+            if checksum(claimed.body) != claimed.checksum:
+                last = self.committer.finish(self._corrupt(claimed))
+                continue
+            to_send, decided = self.outbox.plan(claimed, now)
+            if to_send:
+                planned.append(Planned(claimed, to_send, decided))
+            else:  # nothing due: only what the policy decided without sending
+                last = self.committer.finish(finish_of(self, Planned(claimed, [], decided), None))
+        if planned:
+            last = (
+                StreamedBatch(self, self._routes.server_pool(route, server), planned).run() or last
+            )
+        return last
+
+    def _one_by_one(self, share: list[Claimed]) -> Ticket | None:
+        last: Ticket | None = None
+        for index, claimed in enumerate(share):
+            if self.stopping.is_set():
+                return self.release(share[index:]) or last
+            try:
+                finish = self._deliver(claimed)
+            except StoreError as exc:
+                # The lease runs out and another worker takes over: nothing is lost.
+                log.warning("outbox: could not record message %s: %s", claimed.id, exc)
+                continue
+            if finish is not None:
+                last = self.committer.finish(finish)
+        return last
+
+    def release(self, rest: list[Claimed]) -> Ticket | None:
+        """Hand claimed messages back at once, untouched (the worker is stopping)."""
         now, last = self.outbox.clock(), None
         for claimed in rest:
             state, due = summarize(claimed.recipients, [], now)
-            last = self._committer.finish(Finish(claimed.id, self.owner, [], state, due, None, now))
+            last = self.committer.finish(Finish(claimed.id, self.owner, [], state, due, None, now))
         return last
 
     def _deliver(self, claimed: Claimed) -> Finish | None:
-        """Send one claimed message; returns its outcome, not yet committed (None: the
-        lease was lost before anything was sent)."""
+        """Send one claimed message on its own; returns its outcome, not yet committed
+        (None: the lease was lost before anything was sent)."""
         outbox, now = self.outbox, self.outbox.clock()
         if checksum(claimed.body) != claimed.checksum:
-            return self._quarantine(claimed, "corrupt: the stored body does not match its checksum")
+            return self._corrupt(claimed)
         to_send, decided = outbox.plan(claimed, now)
-        if to_send:
-            server = (outbox.routes or {}).get(claimed.route)
-            if server is None:
-                result: SubmitResult | BaseException = SmtpError(
-                    f"this worker has no route {claimed.route!r}", is_temporary=True
-                )
-            else:
-                pool = self._routes.pool(claimed.route, server)
-                # The rate wait comes before ``sending`` is committed: a wait after it
-                # could outlast the lease and let another worker call the send unknown.
-                granted_at = pool.reserve(len(to_send))
-                now = outbox.clock()
-                positions = [r.position for r in to_send]
-                begin = Begin(claimed.id, self.owner, positions, now, outbox.lease)
-                if not self._committer.begin(begin):
-                    log.warning("outbox: lease on %s lost before sending", claimed.id)
-                    return None
-                _hook("after-sending")
-                recipients = [r.address for r in to_send]
-                result = self._send(claimed, recipients, pool, granted_at)
-                _hook("after-reply")
-            now = outbox.clock()
-            decided += outbox.outcomes(claimed, to_send, result, now)
-        state, due = summarize(claimed.recipients, decided, now)
-        reason = next((u.reply_text for u in decided if u.state != "sent"), None)
-        return Finish(claimed.id, self.owner, decided, state, due, reason, now)
+        planned = Planned(claimed, to_send, decided)
+        if not to_send:
+            return finish_of(self, planned, None)
+        server = (outbox.routes or {}).get(claimed.route)
+        if server is None:
+            error = SmtpError(f"this worker has no route {claimed.route!r}", is_temporary=True)
+            return finish_of(self, planned, error)
+        pool = self._routes.pool(claimed.route, server)
+        # The rate wait comes before ``sending`` is committed: a wait after it
+        # could outlast the lease and let another worker call the send unknown.
+        granted_at = pool.reserve(len(to_send))
+        positions = [r.position for r in to_send]
+        begin = Begin(claimed.id, self.owner, positions, outbox.clock(), outbox.lease)
+        if not self.committer.begin(begin):
+            log.warning("outbox: lease on %s lost before sending", claimed.id)
+            return None
+        fault_point("after-sending")
+        recipients = [r.address for r in to_send]
+        result = self._send(claimed, recipients, pool, granted_at)
+        fault_point("after-reply")
+        return finish_of(self, planned, result)
 
     def _send(
         self, claimed: Claimed, recipients: list[str], pool: Sender, granted_at: float
@@ -315,10 +333,13 @@ class Worker:
         if not ok:
             log.warning("outbox: lease on %s lost; its outcome was not recorded", finish.message)
             return
-        _hook("after-commit")
+        fault_point("after-commit")
         if finish.state == "sent":
             with self._count_lock:
                 self.sent += 1
+
+    def _corrupt(self, claimed: Claimed) -> Finish:
+        return self._quarantine(claimed, "corrupt: the stored body does not match its checksum")
 
     def _quarantine(self, claimed: Claimed, reason: str) -> Finish:
         """A corrupt row becomes a dead letter with its reason; the worker keeps going."""
@@ -330,3 +351,11 @@ class Worker:
         ]
         now = self.outbox.clock()
         return Finish(claimed.id, self.owner, updates, "bounced", now, reason, now)
+
+
+def _by_route(batch: list[Claimed]) -> list[tuple[str, list[Claimed]]]:
+    """A batch's messages by route, each route's in claim order."""
+    shares: dict[str, list[Claimed]] = {}
+    for claimed in batch:
+        shares.setdefault(claimed.route, []).append(claimed)
+    return list(shares.items())

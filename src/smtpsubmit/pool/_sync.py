@@ -16,10 +16,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from types import TracebackType
 from typing import Any
 
+from smtpsubmit.batch import WINDOW, OnOutcome
 from smtpsubmit.client import Client
 from smtpsubmit.errors import MessageError, PoolTimeout, SmtpError
 from smtpsubmit.pool._core import (
@@ -41,7 +42,7 @@ from smtpsubmit.pool._core import (
     settle,
     streamable,
 )
-from smtpsubmit.ratelimit import RateLimit, is_rate_refusal
+from smtpsubmit.ratelimit import Grant, RateLimit, is_rate_refusal
 from smtpsubmit.result import SubmitResult
 from smtpsubmit.server import Server
 
@@ -226,6 +227,81 @@ class Pool:
                     unsent,
                 )
 
+    def send_stream(
+        self,
+        messages: Sequence[object],
+        on_outcome: OnOutcome,
+        *,
+        before_send: Callable[[int], bool] | None = None,
+        window: int = WINDOW,
+    ) -> int:
+        """Send a prefix of ``messages`` on one pooled connection, as one stream; returns
+        its length: ``messages[:n]`` went, ``messages[n:]`` were not touched.
+
+        For a caller that acts on each message at the last moment before it goes
+        out and on each reply as it comes (the outbox commits ``sending`` before
+        the first byte and the outcome right after the reply). Each message must
+        be a ``Message`` or a ``(raw, sender, recipients)`` tuple. One is taken
+        only when it can go at once: the connection is up and under its message
+        cap and its rate token is granted — the first one waited for, a later one
+        that would have to wait ends the stream (so no message's end waits on a
+        sleep). ``before_send(i)`` runs then, right before message ``i`` is
+        handed to the stream; False ends the stream there. Every message taken
+        gets one ``on_outcome(i, outcome)`` as soon as its outcome is final
+        (see ``Client.send_many``, whose ``window`` bounds the transactions in
+        flight on a CHUNKING server). Nothing is retried: a refusal or a lost
+        connection is that message's outcome. Raises ``PoolTimeout`` or the
+        ``SmtpError`` of a failed connect before anything is taken.
+        """
+        items = [streamable(normalise(m)) for m in messages]
+        if any(item is None for item in items):
+            raise ValueError("send_stream takes Message objects or (raw, sender, recipients)")
+        conn = self._checkout(False)
+        if conn is None:  # only a call that can stop gets None; this one waits or raises
+            raise RuntimeError("no connection")
+        limit = self._limit
+        grants: list[Grant | None] = [None] * len(items)
+        recipients_limited = limit.recipients is not None
+
+        def feed() -> Iterator[object]:
+            room = self.config.max_messages_per_connection - conn.sent
+            for i, item in enumerate(items[:room]):
+                cost = normalise(messages[i]).recipient_count() if recipients_limited else 1
+                if i and (not session_alive(conn.client) or conn.retire):
+                    return
+                grant = limit._acquire_grant(cost) if i == 0 else limit._grant(cost)
+                if grant is None or (before_send is not None and not before_send(i)):
+                    return
+                grants[i] = grant
+                conn.sent += 1
+                conn.fresh = False
+                yield item
+
+        def told(i: int, outcome: Outcome) -> None:
+            grant = grants[i]
+            limit._delivered(grant)
+            retire_after(conn, outcome)
+            if is_rate_refusal(getattr(outcome, "reply", None)) or (
+                isinstance(outcome, SubmitResult)
+                and any(is_rate_refusal(r) for r in outcome.refused.values())
+            ):
+                limit.slow_down(grant.at if grant is not None else None)
+            on_outcome(i, outcome)
+
+        try:
+            taken = len(conn.client.send_many(feed(), window=window, on_outcome=told))
+            if left_unclean(conn.client):
+                try:
+                    conn.client.reset()
+                except SmtpError:
+                    conn.retire = True
+        except BaseException:
+            conn.retire = True
+            raise
+        finally:
+            self._checkin(conn)
+        return taken
+
     def close(self) -> None:
         """Close the idle connections now and the busy ones when they come back."""
         with self._lock:
@@ -350,16 +426,25 @@ class Pool:
                 self._limit,
                 lambda: session_alive(client) and not jobs.stopped,
             )
-            for outcome in client.send_many(feed):
-                retire_after(conn, outcome)
-                report(batch[done], outcome)
-                done += 1
+            done += len(client.send_many(feed, on_outcome=self._teller(conn, batch[done:], report)))
             if left_unclean(client):
                 try:
                     client.reset()
                 except SmtpError:
                     conn.retire = True
         return done
+
+    @staticmethod
+    def _teller(
+        conn: Conn[Client], jobs: list[Job], report: Callable[[Job, Outcome], None]
+    ) -> OnOutcome:
+        """Each outcome of a stream reported as its reply comes, not when the stream ends."""
+
+        def told(index: int, outcome: Outcome) -> None:
+            retire_after(conn, outcome)
+            report(jobs[index], outcome)
+
+        return told
 
     def _send_one(self, conn: Conn[Client], job: Job) -> Outcome:
         conn.sent += 1
