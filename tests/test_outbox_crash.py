@@ -216,10 +216,10 @@ def test_q10_three_workers_on_postgres_each_message_once(
 
 def test_q10_a_killed_worker_is_taken_over(postgres_url: str, smtp: AiosmtpdServer) -> None:
     """One of three workers dies after a 250 it never recorded (Q6): its leased batch is
-    taken over once the lease expires; the only extra copy is that message's. Its stream
-    had committed ``sending`` for up to LOOKAHEAD more messages ahead (aiosmtpd does not
-    pipeline: none of them had gone out); each is resent once and counted as a possible
-    duplicate."""
+    taken over once the lease expires. Extra copies: that message's, and any earlier one
+    whose outcome was handed to the committer and not yet committed; each is counted, and
+    so are the up to LOOKAHEAD messages whose ``sending`` was committed ahead (aiosmtpd
+    does not pipeline: none of those had gone out). Nothing else is counted."""
     box = Outbox(postgres_url, policy=POLICY)
     box.enqueue_many([message(n) for n in range(300)])
     codes = run_workers(postgres_url, smtp, ["after-reply@10", None, None])
@@ -227,10 +227,11 @@ def test_q10_a_killed_worker_is_taken_over(postgres_url: str, smtp: AiosmtpdServ
     box = finish(postgres_url, smtp)
     counts = Counter(subjects(smtp))
     assert len(counts) == 300
-    assert sorted(counts.values()) == [1] * 299 + [2]
+    assert set(counts.values()) <= {1, 2}
+    extra = sum(counts.values()) - 300
     stats = box.stats()
     assert stats["states"]["sent"] == 300
-    assert 1 <= stats["possible_duplicates"] <= 1 + LOOKAHEAD
+    assert 1 <= extra <= stats["possible_duplicates"] <= 10 + LOOKAHEAD
     box.close()
 
 
