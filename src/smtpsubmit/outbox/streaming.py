@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smtpsubmit.errors import PoolTimeout, SmtpError
+from smtpsubmit.errors import PoolTimeout, ServerDisconnected, SmtpError
 from smtpsubmit.outbox.commit import Ticket
 from smtpsubmit.outbox.faults import fault_point
 from smtpsubmit.outbox.state import summarize
@@ -76,7 +76,13 @@ def finish_of(
 
 
 class StreamedBatch:
-    """Sends ``planned`` (one route, in claim order) through ``pool``'s streams."""
+    """Sends ``planned`` (one route, in claim order) through ``pool``'s streams.
+
+    A message the server never got — its connection lost or closed (421) before its
+    data went out — is sent once more on a fresh connection within the batch, as a
+    pool does, instead of waiting out a retry delay; ``sending`` is already durable
+    for it, so it goes before the rest.
+    """
 
     def __init__(self, worker: Worker, pool: Pool, planned: list[Planned]) -> None:
         self.worker = worker
@@ -86,8 +92,11 @@ class StreamedBatch:
             (p.claimed.body, p.claimed.sender, [r.address for r in p.to_send]) for p in planned
         ]
         self.began: list[Ticket | None] = [None] * len(planned)
+        self.retried: set[int] = set()
         self.lookahead = LOOKAHEAD if pool.rate_limit is None else 0
-        self.base = 0  # index of the first message not yet taken by a stream
+        self.queue = list(range(len(planned)))  # what is left to send, in sending order
+        self.stream: list[int] = []  # what the running stream was given
+        self.again: list[int] = []  # lost by the running stream before the server got them
         self.skip = False  # the stream ended at a message whose lease was lost
         self.last: Ticket | None = None
 
@@ -95,11 +104,14 @@ class StreamedBatch:
         """Stream every message (or release those not begun once the worker stops);
         returns the ticket of the last record handed over."""
         stalls = 0
-        while self.base < len(self.planned):
-            self.skip = False
+        while self.queue:
+            self.skip, self.again, self.stream = False, [], self.queue
             try:
                 taken = self.pool.send_stream(
-                    self.items[self.base :], self._told, before_send=self._before, window=WINDOW
+                    [self.items[j] for j in self.stream],
+                    self._told,
+                    before_send=self._before,
+                    window=WINDOW,
                 )
             except PoolTimeout:  # every connection busy for long: nothing was sent
                 if self._stopped_here():
@@ -108,7 +120,7 @@ class StreamedBatch:
             except SmtpError as exc:  # could not connect: nothing of the rest went out
                 self._fail_rest(exc)
                 break
-            self.base += taken + self.skip
+            self.queue = self.again + self.stream[taken + self.skip :]
             if self._stopped_here():
                 break
             stalls = 0 if taken or self.skip else stalls + 1
@@ -120,19 +132,17 @@ class StreamedBatch:
 
     def _stopped_here(self) -> bool:
         return (
-            self.worker.stopping.is_set()
-            and self.base < len(self.planned)
-            and self.began[self.base] is None
+            self.worker.stopping.is_set() and bool(self.queue) and self.began[self.queue[0]] is None
         )
 
     def _before(self, i: int) -> bool:
-        """Message ``base + i`` is next: its ``sending`` must be durable first."""
-        index = self.base + i
+        """Message ``stream[i]`` is next: its ``sending`` must be durable first."""
+        index, stream = self.stream[i], self.stream
         stopping = self.worker.stopping.is_set()
         if stopping and self.began[index] is None:
             return False  # not begun: released for another worker
-        last = index if stopping else min(index + self.lookahead, len(self.planned) - 1)
-        for j in range(index, last + 1):
+        ahead = [] if stopping or i + 1 >= len(stream) else stream[i + 1 : i + 1 + self.lookahead]
+        for j in (index, *ahead):
             if self.began[j] is None:
                 self.began[j] = self._begin(self.planned[j])
         ticket = self.began[index] or self._begin(self.planned[index])  # begun just above
@@ -155,21 +165,26 @@ class StreamedBatch:
         return self.worker.committer.begin_later(begin)
 
     def _told(self, i: int, outcome: SubmitResult | BaseException) -> None:
+        index = self.stream[i]
+        if isinstance(outcome, ServerDisconnected) and index not in self.retried:
+            self.retried.add(index)  # the server never got it: once more, on a new connection
+            self.again.append(index)
+            return
         fault_point("after-reply")
-        finish = finish_of(self.worker, self.planned[self.base + i], outcome)
+        finish = finish_of(self.worker, self.planned[index], outcome)
         self.last = self.worker.committer.finish(finish)
 
     def _fail_rest(self, error: SmtpError) -> None:
-        for index in range(self.base, len(self.planned)):
+        for index in self.queue:
             self.last = self.worker.committer.finish(
                 finish_of(self.worker, self.planned[index], error)
             )
-        self.base = len(self.planned)
+        self.queue = []
 
     def _release_rest(self) -> None:
         """Messages never begun go back to the queue at once (the worker is stopping).
         Begun ones are never left here: each is sent or gets the error that stopped it."""
-        rest = [p.claimed for p in self.planned[self.base :]]
+        rest = [self.planned[j].claimed for j in self.queue]
         if rest:
             self.last = self.worker.release(rest) or self.last
 
