@@ -126,6 +126,22 @@ def test_only_unfinished_recipients_are_retried(
     assert (outbox.show(ident) or {})["state"] == "bounced"  # a dead letter: one bounced
 
 
+def test_replies_and_times_are_recorded_exactly(
+    outbox: Outbox, handler: ScriptedHandler, clock: Clock
+) -> None:
+    """What a server says comes back byte for byte (quotes, backslashes, commas, braces,
+    non-ASCII), and retry times to the bit, through either store's group write."""
+    text = 'busy, "really" {x} \\ back\\slash; über-längst'
+    handler.rcpt = {"later@example.org": [f"450 4.2.1 {text}"]}
+    clock.now = 1_800_000_000.123456789
+    ident = outbox.enqueue(message(3, to=("later@example.org",)))
+    outbox.run(stop_when_idle=True)
+    shown = outbox.show(ident) or {}
+    (recipient,) = shown["recipients"]
+    assert recipient["reply"] == {"code": 450, "text": text}  # the enhanced code apart
+    assert shown["retry_at"] == clock.now + 60.0  # RetryPolicy(jitter=0): first_delay
+
+
 def test_a_permanent_failure_is_a_dead_letter_at_once(
     outbox: Outbox, smtp: AiosmtpdServer, handler: ScriptedHandler, clock: Clock
 ) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from smtpsubmit import Message
 from smtpsubmit.outbox import Outbox, StoreError
+from smtpsubmit.outbox.records import _array_literal
 from smtpsubmit.outbox.sql import MIGRATIONS, SCHEMA_VERSION
 from smtpsubmit.outbox.state import checksum
 from tests.outbox_helpers import Clock, ScriptedHandler, message, route, subjects
@@ -313,3 +314,16 @@ def test_an_unexpected_error_does_not_end_the_worker(
     assert len(calls) >= 2
     assert box.stats()["states"]["sent"] == 1
     box.close()
+
+
+def test_group_arrays_reach_postgres_unchanged(postgres_url: str) -> None:
+    """The group write's arrays are written as literals by smtpsubmit, not psycopg: every
+    text, float and NULL comes back as it went."""
+    texts = ['a "quoted" word', "back\\slash", "{braces},commas", "", "NULL", "ünï", None, " x "]
+    floats = [1796285388.2557678, 0.1, -1e-300, 1.7976931348623157e308, None]
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute(
+            "SELECT %s::text[], %s::float8[], %s::int[]",
+            [_array_literal(texts), _array_literal(floats), _array_literal([0, 7, True, None])],
+        ).fetchone()
+    assert row == (texts, floats, [0, 7, 1, None])

@@ -173,6 +173,9 @@ class SqlStore(Store):
     def _after_insert(self, cur: Cursor) -> None:
         """Hook: wake idle workers (PostgreSQL NOTIFY)."""
 
+    def _before_claim(self, cur: Cursor) -> None:
+        """Set up the claim's transaction (PostgreSQL: how its statements are planned)."""
+
     def _lock_schema(self, cur: Cursor) -> None:
         """Hook: serialise concurrent migrations (SQLite's BEGIN IMMEDIATE already does)."""
 
@@ -247,6 +250,7 @@ class SqlStore(Store):
     def _claim(
         self, cur: Cursor, owner: str, limit: int, now: float, lease: float
     ) -> list[Claimed]:
+        self._before_claim(cur)
         expired = [
             str(r[0])
             for r in self._run(
