@@ -398,13 +398,10 @@ def settle(
             jobs.requeue(job)
             continue
         delivered(limit, job)  # at the latest; the drivers do it as each reply comes
+        slow_down_if_refused(limit, outcome, job.granted_at)
         if isinstance(outcome, SubmitResult):
-            if any(is_rate_refusal(r) for r in outcome.refused.values()):
-                limit.slow_down(job.granted_at)
             jobs.finish(job, outcome)
             continue
-        if isinstance(outcome, SmtpError) and is_rate_refusal(outcome.reply):
-            limit.slow_down(job.granted_at)
         decision = (
             verdict(job, outcome, retries) if isinstance(outcome, SmtpError) else Verdict.DONE
         )
@@ -419,6 +416,16 @@ def settle(
             jobs.requeue(job)
         else:
             jobs.finish(job, outcome)
+
+
+def slow_down_if_refused(limit: RateLimit, outcome: Outcome, granted_at: float | None) -> None:
+    """A refusal for sending too fast — of the message or of one of its recipients —
+    slows ``limit`` down (see :mod:`smtpsubmit.ratelimit`)."""
+    if isinstance(outcome, SubmitResult):
+        if any(is_rate_refusal(r) for r in outcome.refused.values()):
+            limit.slow_down(granted_at)
+    elif isinstance(outcome, SmtpError) and is_rate_refusal(outcome.reply):
+        limit.slow_down(granted_at)
 
 
 def delivered(limit: RateLimit, job: Job) -> None:

@@ -40,6 +40,7 @@ from smtpsubmit.pool._core import (
     retire_after,
     session_alive,
     settle,
+    slow_down_if_refused,
     streamable,
 )
 from smtpsubmit.ratelimit import Grant, RateLimit, is_rate_refusal
@@ -253,7 +254,8 @@ class Pool:
         connection is that message's outcome. Raises ``PoolTimeout`` or the
         ``SmtpError`` of a failed connect before anything is taken.
         """
-        items = [streamable(normalise(m)) for m in messages]
+        normalised = [normalise(m) for m in messages]
+        items = [streamable(n) for n in normalised]
         if any(item is None for item in items):
             raise ValueError("send_stream takes Message objects or (raw, sender, recipients)")
         conn = self._checkout(False)
@@ -266,7 +268,7 @@ class Pool:
         def feed() -> Iterator[object]:
             room = self.config.max_messages_per_connection - conn.sent
             for i, item in enumerate(items[:room]):
-                cost = normalise(messages[i]).recipient_count() if recipients_limited else 1
+                cost = normalised[i].recipient_count() if recipients_limited else 1
                 if i and (not session_alive(conn.client) or conn.retire):
                     return
                 grant = limit._acquire_grant(cost) if i == 0 else limit._grant(cost)
@@ -281,11 +283,7 @@ class Pool:
             grant = grants[i]
             limit._delivered(grant)
             retire_after(conn, outcome)
-            if is_rate_refusal(getattr(outcome, "reply", None)) or (
-                isinstance(outcome, SubmitResult)
-                and any(is_rate_refusal(r) for r in outcome.refused.values())
-            ):
-                limit.slow_down(grant.at if grant is not None else None)
+            slow_down_if_refused(limit, outcome, grant.at if grant is not None else None)
             on_outcome(i, outcome)
 
         try:
