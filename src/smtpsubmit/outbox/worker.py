@@ -245,14 +245,11 @@ class Worker:
         planned: list[Planned] = []
         now = self.outbox.clock()
         for claimed in share:
-            if checksum(claimed.body) != claimed.checksum:
-                last = self.committer.finish(self._corrupt(claimed))
-                continue
-            to_send, decided = self.outbox.plan(claimed, now)
-            if to_send:
-                planned.append(Planned(claimed, to_send, decided))
-            else:  # nothing due: only what the policy decided without sending
-                last = self.committer.finish(finish_of(self, Planned(claimed, [], decided), None))
+            plan = self._plan(claimed, now)
+            if isinstance(plan, Planned):
+                planned.append(plan)
+            else:
+                last = self.committer.finish(plan)
         if planned:
             last = (
                 StreamedBatch(self, self._routes.server_pool(route, server), planned).run() or last
@@ -282,16 +279,23 @@ class Worker:
             last = self.committer.finish(Finish(claimed.id, self.owner, [], state, due, None, now))
         return last
 
+    def _plan(self, claimed: Claimed, now: float) -> Planned | Finish:
+        """What to send of a claimed message, or its record when nothing is to be sent:
+        a corrupt body quarantined, or only what the policy decided without sending."""
+        if checksum(claimed.body) != claimed.checksum:
+            return self._corrupt(claimed)
+        to_send, decided = self.outbox.plan(claimed, now)
+        planned = Planned(claimed, to_send, decided)
+        return planned if to_send else finish_of(self, planned, None)
+
     def _deliver(self, claimed: Claimed) -> Finish | None:
         """Send one claimed message on its own; returns its outcome, not yet committed
         (None: the lease was lost before anything was sent)."""
-        outbox, now = self.outbox, self.outbox.clock()
-        if checksum(claimed.body) != claimed.checksum:
-            return self._corrupt(claimed)
-        to_send, decided = outbox.plan(claimed, now)
-        planned = Planned(claimed, to_send, decided)
-        if not to_send:
-            return finish_of(self, planned, None)
+        outbox = self.outbox
+        planned = self._plan(claimed, outbox.clock())
+        if not isinstance(planned, Planned):
+            return planned
+        to_send = planned.to_send
         server = (outbox.routes or {}).get(claimed.route)
         if server is None:
             error = SmtpError(f"this worker has no route {claimed.route!r}", is_temporary=True)
